@@ -1,0 +1,95 @@
+"""Saving and loading flows: `save` writes a model file, `load` reads it or a training checkpoint.
+
+Both files hold the same two entries, so one reader serves both:
+
+* ``"lgm_flow"``: ``{"format": 1, "class_path": "lgm.flow.NiceFlow", "init_args": {...}}``, the
+  recipe to rebuild the model with plain arguments;
+* ``"state_dict"``: the model's tensors, keys prefixed with ``"flow."`` (the attribute name under
+  which the training module holds the model, so Lightning checkpoints need no conversion).
+
+Files are read with ``torch.load(weights_only=True)``: loading never runs code stored in the file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lgm.flow.base import Flow
+
+FORMAT_VERSION = 1
+STATE_PREFIX = "flow."
+
+
+def flow_spec(flow: Flow) -> dict:
+    """The ``"lgm_flow"`` entry for ``flow``: its class path and the arguments that rebuild it."""
+    init_args = getattr(flow, "init_args", None)
+    if init_args is None:
+        raise TypeError(
+            f"{type(flow).__name__} records no init_args, so it cannot be rebuilt from a file; "
+            "use a model class such as lgm.flow.NiceFlow, or set self.init_args in your subclass"
+        )
+    cls = type(flow)
+    return {"format": FORMAT_VERSION, "class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(init_args)}
+
+
+def save(flow: Flow, path: str | os.PathLike) -> None:
+    """Write ``flow`` to ``path`` atomically (a crash mid-write leaves any previous file intact)."""
+    payload = {
+        "lgm_flow": flow_spec(flow),
+        "state_dict": {STATE_PREFIX + k: v for k, v in flow.state_dict().items()},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Flow:
+    """Rebuild the flow stored in ``path`` (a `save` file or a ``lgm-flow fit`` checkpoint), in eval mode."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint or model file at {str(path)!r}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise ValueError(f"could not read {str(path)!r} as a PyTorch file ({e}); it may be truncated or not a checkpoint") from e
+    spec = payload.get("lgm_flow") if isinstance(payload, dict) else None
+    if spec is None:
+        raise ValueError(
+            f"{str(path)!r} is not an lgm-flow file: it has no 'lgm_flow' entry. "
+            "Use a checkpoint written by `lgm-flow fit` or a file written by lgm.flow.save"
+        )
+    if spec.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{str(path)!r} has lgm-flow format {spec.get('format')!r}; this version reads format {FORMAT_VERSION}")
+    flow = _build(spec)
+    state = {k[len(STATE_PREFIX) :]: v for k, v in payload["state_dict"].items() if k.startswith(STATE_PREFIX)}
+    try:
+        flow.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(
+            f"the weights in {str(path)!r} do not fit {spec['class_path']}(**{spec['init_args']}); the file was "
+            f"written by an incompatible version or edited. Details: {str(e)[:500]}"
+        ) from e
+    return flow.eval()
+
+
+def _build(spec: dict) -> Flow:
+    module_name, _, class_name = spec["class_path"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"the model class {spec['class_path']!r} named in the file cannot be imported ({e})") from e
+    if not (isinstance(cls, type) and issubclass(cls, Flow)):
+        raise ValueError(f"{spec['class_path']!r} is not an lgm.flow.Flow subclass")
+    return cls(**spec["init_args"])

@@ -1,0 +1,101 @@
+"""Training: NICE learns the banana; the CLI writes logs, checkpoints, figures; runs resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+
+from lgm.data import ToyDataModule, toy
+from lgm.flow import NiceFlow, load
+from lgm.train import FlowModule
+from lgm.train.cli import main
+
+
+def test_short_training_reaches_the_banana_entropy(tmp_path):
+    """Test NLL = H(true) + KL(true || model) >= H; the banana's entropy is log(2 pi e * 0.1 * 0.5)."""
+    L.seed_everything(0)
+    data = ToyDataModule("banana", n_train=20_000, n_val=2_000, n_test=20_000, batch_size=256)
+    module = FlowModule(NiceFlow.toy(), lr=2e-3)
+    trainer = L.Trainer(
+        max_steps=1500, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+    )
+    trainer.fit(module, datamodule=data)
+    test_nll = trainer.test(module, datamodule=data, verbose=False)[0]["test/nll"]
+    entropy = toy.Banana().entropy()
+    assert test_nll - entropy < 0.05, (test_nll, entropy)
+
+
+def test_non_finite_loss_stops_with_advice():
+    module = FlowModule(NiceFlow.toy())
+    with torch.no_grad():
+        module.flow.scaling.h.fill_(1e5)
+    with pytest.raises(FloatingPointError, match="training loss became .* at step 0.*gradient_clip_val"):
+        module.training_step(toy.banana(8), 0)
+
+
+TINY = [
+    "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    "--data.init_args.n_train", "2048", "--data.init_args.n_val", "512", "--data.init_args.n_test", "512",
+    "--data.init_args.batch_size", "256", "--model.flow.init_args.hidden", "16",
+    "--toy_diagnostics.n_kl", "2000", "--toy_diagnostics.n_samples", "500",
+]
+
+
+def run_dir(root):
+    (version,) = list((root / "runs" / "lgm").iterdir())
+    return version
+
+
+def test_cli_fit_writes_logs_checkpoints_figures_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", *TINY])
+    run = run_dir(tmp_path)
+    assert (run / "metrics.csv").is_file()
+    assert list(run.glob("events.out.tfevents.*")), "no TensorBoard log"
+    assert (run / "config.yaml").is_file()
+    assert {p.name for p in (run / "figures").iterdir()} == {"density.png", "samples.png"}
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert list((run / "checkpoints").glob("best-*.ckpt"))
+    report = json.loads((run / "toy_report.json").read_text())
+    assert report["density"] == "banana" and report["kl_true_model"] > 0
+    assert "kl_true_model" in capsys.readouterr().out
+
+    last = run / "checkpoints" / "last.ckpt"
+    steps_one_epoch = torch.load(last, weights_only=True)["global_step"]
+    assert steps_one_epoch == 2048 // 256
+
+    # Resume the same run (same folder via its saved config) for a second epoch.
+    main(["fit", "--config", str(run / "config.yaml"), "--trainer.max_epochs", "2", "--ckpt_path", str(last)])
+    assert torch.load(last, weights_only=True)["global_step"] == 2 * steps_one_epoch
+    with open(run / "metrics.csv") as f:
+        epochs = {row["epoch"] for row in csv.DictReader(f) if row["val/nll"]}
+    assert epochs == {"0", "1"}, "metrics of the first epoch were lost on resume"
+
+    flow = load(last)
+    assert isinstance(flow, NiceFlow) and flow.init_args["hidden"] == 16
+    assert torch.isfinite(flow.log_prob(toy.banana(100))).all()
+
+
+def test_cli_test_subcommand_reports_test_nll(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", *TINY])
+    last = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    main(["test", *TINY, "--ckpt_path", str(last)])
+    assert "test/nll" in capsys.readouterr().out
+
+
+def test_console_script_is_installed():
+    result = subprocess.run(
+        [sys.executable, "-c", "from lgm.train.cli import main; main()", "fit", "--print_config"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "class_path: lgm.flow.NiceFlow" in result.stdout
+    assert "name: banana" in result.stdout
