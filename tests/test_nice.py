@@ -96,6 +96,12 @@ def test_bad_options_are_named(kwargs, message):
         NiceFlow.toy(**kwargs)
 
 
-def test_non_positive_temperature_is_refused():
-    with pytest.raises(ValueError, match="temperature must be positive"):
-        NiceFlow.toy().sample(3, temperature=0)
+def test_negative_temperature_is_refused():
+    with pytest.raises(ValueError, match="temperature must be non-negative"):
+        NiceFlow.toy().sample(3, temperature=-0.5)
+
+
+def test_zero_temperature_decodes_the_prior_mode():
+    model = randomise(NiceFlow.toy(hidden=16, depth=2), seed=1)
+    expected = model.decode(torch.zeros(1, 2))
+    torch.testing.assert_close(model.sample(3, temperature=0.0), expected.expand(3, 2))

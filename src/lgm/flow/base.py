@@ -123,9 +123,12 @@ class Flow(nn.Module):
         return self.prior.log_prob(z) + logdet
 
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
-        """Draw ``n`` samples ``[n, *shape]``; ``temperature`` scales the prior's standard deviation."""
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+        """Draw ``n`` samples ``[n, *shape]``; ``temperature`` scales the prior's standard deviation.
+
+        Temperature 0 gives ``n`` copies of the decoded prior mode, ``decode(0)``.
+        """
+        if temperature < 0:
+            raise ValueError(f"temperature must be non-negative, got {temperature}")
         return self.decode(self.prior.sample(n, temperature=temperature))
 
 
