@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lgm.flow import AdditiveCoupling, Compose, DiagonalScaling, NiceFlow, Reshape, SCALE_MAPS, mlp
+from lgm.flow.preprocess import Center, Logit, Normalize
 
 DIM = 6
 
@@ -17,6 +18,14 @@ def randomise(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
         for p in module.parameters():
             p.copy_(0.5 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return module
+
+
+def initialized(layer: Normalize) -> Normalize:
+    """A normalisation layer set from a batch with a clearly non-standard mean and spread."""
+    g = torch.Generator().manual_seed(5)
+    layer.train()
+    layer(0.3 + 0.1 * torch.rand(64, *layer.mean.shape, generator=g))
+    return layer.eval()
 
 
 def brute_force_logdet(transform, x: torch.Tensor) -> torch.Tensor:
@@ -46,12 +55,30 @@ TRANSFORMS = {
     "compose": lambda: Compose(coupling("halves", "second"), coupling("even_odd", "first"), DiagonalScaling(DIM)),
     "nice-toy": lambda: NiceFlow.toy().transform,
     "nice-batchnorm-eval": lambda: NiceFlow(shape=(DIM,), hidden=8, depth=2, norm="batch").transform.eval(),
+    "center": lambda: Center(),
+    "logit": lambda: Logit(0.05),
+    "logit-alpha0": lambda: Logit(0.0),
+    "normalize-global": lambda: initialized(Normalize((DIM,), "global")),
+    "normalize-per_pixel": lambda: initialized(Normalize((DIM,), "per_pixel")),
+    "nice-image-preprocessing": lambda: initialized_flow(
+        NiceFlow(shape=(1, 2, 3), hidden=8, depth=2, n_bits=8, logit_alpha=0.05, normalize="per_pixel")
+    ).transform,
 }
+
+UNIT_INTERVAL_INPUTS = {"logit", "logit-alpha0", "nice-image-preprocessing"}
+
+
+def initialized_flow(flow):
+    flow.initialize(torch.rand(32, *flow.shape, generator=torch.Generator().manual_seed(6)))
+    return flow.eval()
 
 
 def input_for(name: str) -> torch.Tensor:
-    shape = {"reshape": (2, 3), "nice-toy": (2,)}.get(name, (DIM,))
-    return torch.randn(4, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    shape = {"reshape": (2, 3), "nice-toy": (2,), "nice-image-preprocessing": (1, 2, 3)}.get(name, (DIM,))
+    g = torch.Generator().manual_seed(1)
+    if name in UNIT_INTERVAL_INPUTS:
+        return torch.rand(4, *shape, dtype=torch.float64, generator=g)
+    return torch.randn(4, *shape, dtype=torch.float64, generator=g)
 
 
 @pytest.mark.parametrize("name", sorted(TRANSFORMS))
@@ -72,7 +99,7 @@ def test_logdet_matches_autograd_jacobian(name):
     torch.testing.assert_close(logdet, brute_force_logdet(transform, x), rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("name", [n for n in sorted(TRANSFORMS) if n != "reshape"])
+@pytest.mark.parametrize("name", [n for n in sorted(TRANSFORMS) if list(TRANSFORMS[n]().parameters())])
 def test_gradients_reach_every_parameter(name):
     transform = randomise(TRANSFORMS[name]().double())
     z, logdet = transform(input_for(name))

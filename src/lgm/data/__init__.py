@@ -1,6 +1,7 @@
-"""Data: 2-D toy densities and Lightning data modules."""
+"""Data: 2-D toy densities, image data sets, and their Lightning data modules."""
 
 from lgm.data import toy
-from lgm.data.modules import ToyDataModule
+from lgm.data.images import ImageArrays, load_images
+from lgm.data.modules import ImageDataModule, ToyDataModule
 
-__all__ = ["ToyDataModule", "toy"]
+__all__ = ["ImageArrays", "ImageDataModule", "ToyDataModule", "load_images", "toy"]

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lgm.flow.discrete import check_images, dequantize, reduce_bits
+
 
 class Transform(nn.Module):
     """A bijection between data space and latent space.
@@ -71,15 +73,49 @@ class Reshape(Transform):
         return z.reshape(z.shape[0], *self.in_shape)
 
 
+class DataInitialized(Transform):
+    """A transform whose parameters are set from the first batch it sees (normalisation, actnorm).
+
+    The flag ``initialized`` is a buffer: it is saved in checkpoints, so loading trained weights never
+    re-initialises. An uninitialised layer initialises itself on its first forward in training mode;
+    in eval mode (or when asked to invert) it refuses, since its parameters would be meaningless.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def initialize(self, x: Tensor) -> None:  # pragma: no cover - abstract
+        """Set the parameters from a batch ``x`` of this layer's inputs."""
+        raise NotImplementedError
+
+    def ensure_initialized(self, x: Tensor | None = None) -> None:
+        """Initialise from ``x`` if needed and allowed; otherwise raise a `RuntimeError` that says why."""
+        if bool(self.initialized):
+            return
+        if x is None or not self.training:
+            raise RuntimeError(
+                f"{type(self).__name__} has not been initialised from data yet, so the model cannot be used "
+                "for evaluation or sampling. Train it first (the first training batch initialises it), call "
+                "flow.initialize(batch), or load trained weights"
+            )
+        with torch.no_grad():
+            self.initialize(x)
+        self.initialized.fill_(True)
+
+
 class Flow(nn.Module):
     """A normalising flow: a `Transform` from data to latent space and a prior on the latent.
 
     Args:
-        transform: the bijection, data -> latent.
+        transform: the bijection, data -> latent (preprocessing included, see `lgm.flow.preprocess`).
         prior: a distribution over latents with ``log_prob(z) -> [B]`` and
             ``sample(n, temperature) -> z`` (see `lgm.flow.priors`).
         shape: the shape of one data sample, e.g. ``(2,)`` or ``(1, 28, 28)``; inputs are checked
             against it so that a wrong shape fails with a clear message.
+        n_bits: ``None`` for continuous data; for images, the bit depth of the discrete data. Then
+            ``log_prob`` is the density of dequantised images ``y = (x + u) / 2**n_bits`` in
+            ``[0, 1]``, and `bits_per_dim` takes the discrete 8-bit images themselves.
 
     Model classes built from plain arguments (`NiceFlow`, ...) record those arguments in
     ``self.init_args`` so that `lgm.flow.save` / `lgm.flow.load` can rebuild them.
@@ -87,11 +123,14 @@ class Flow(nn.Module):
 
     init_args: dict[str, Any]
 
-    def __init__(self, transform: Transform, prior: nn.Module, shape: tuple[int, ...]) -> None:
+    def __init__(self, transform: Transform, prior: nn.Module, shape: tuple[int, ...], n_bits: int | None = None) -> None:
         super().__init__()
+        if n_bits is not None and not 1 <= n_bits <= 8:
+            raise ValueError(f"n_bits must be between 1 and 8 (or None for continuous data), got {n_bits}")
         self.transform = transform
         self.prior = prior
         self.shape = tuple(shape)
+        self.n_bits = n_bits
 
     def check_input(self, x: Tensor) -> None:
         """Raise a `ValueError` naming the problem if ``x`` is not a finite ``[B, *shape]`` batch."""
@@ -103,9 +142,15 @@ class Flow(nn.Module):
                 "add a batch dimension with x.unsqueeze(0) for a single sample"
             )
         if not x.is_floating_point():
-            raise ValueError(f"expected a floating-point tensor, got {x.dtype}; convert with x.float()")
+            hint = "; for discrete images use bits_per_dim(x)" if self.n_bits is not None else ""
+            raise ValueError(f"expected a floating-point tensor, got {x.dtype}; convert with x.float(){hint}")
         if not torch.isfinite(x).all():
             raise ValueError("input contains NaN or Inf values; clean the data before computing densities")
+        if self.n_bits is not None and (x.min() < 0 or x.max() > 1):
+            raise ValueError(
+                f"dequantised images must lie in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]; "
+                "pass uint8 images to bits_per_dim, or dequantise them with lgm.flow.discrete.dequantize"
+            )
 
     def encode(self, x: Tensor) -> Tensor:
         """Map data ``[B, *shape]`` to latents."""
@@ -122,14 +167,46 @@ class Flow(nn.Module):
         z, logdet = self.transform(x)
         return self.prior.log_prob(z) + logdet
 
+    def bits_per_dim(self, x: Tensor, dequant_samples: int = 1) -> Tensor:
+        """Bits per dimension of discrete 8-bit images ``x`` (integers in 0..255), shape ``[B]``.
+
+        ``bpd = (-log p(y) + D n_bits ln 2) / (D ln 2)`` with ``y = (x + u) / 2**n_bits``,
+        ``u ~ U[0, 1)^D`` and ``D`` the number of values of one image: an upper bound on the
+        model's discrete negative log2-likelihood per dimension. With ``dequant_samples = K > 1``
+        the bound is the tighter importance-weighted one, ``log p(x) >= log mean_k p(y_k) - D n_bits ln 2``.
+        """
+        if self.n_bits is None:
+            raise ValueError("bits_per_dim needs a model of discrete images: build it with n_bits (e.g. 8)")
+        if dequant_samples < 1:
+            raise ValueError(f"dequant_samples must be at least 1, got {dequant_samples}")
+        check_images(x, self.shape)
+        x = reduce_bits(x, self.n_bits)
+        dtype = next((t.dtype for t in self.state_dict().values() if t.is_floating_point()), torch.float32)
+        log_px = torch.stack([self.log_prob(dequantize(x, self.n_bits, dtype)) for _ in range(dequant_samples)])
+        log_px = torch.logsumexp(log_px, dim=0) - math.log(dequant_samples)
+        dims = math.prod(self.shape)
+        return -log_px / (dims * math.log(2)) + self.n_bits
+
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
         """Draw ``n`` samples ``[n, *shape]``; ``temperature`` scales the prior's standard deviation.
 
-        Temperature 0 gives ``n`` copies of the decoded prior mode, ``decode(0)``.
+        Temperature 0 gives ``n`` copies of the decoded prior mode, ``decode(0)``. Image models
+        return images in ``[0, 1]`` (clamped: dequantisation noise may carry values a hair outside).
         """
         if temperature < 0:
             raise ValueError(f"temperature must be non-negative, got {temperature}")
-        return self.decode(self.prior.sample(n, temperature=temperature))
+        x = self.decode(self.prior.sample(n, temperature=temperature))
+        return x.clamp(0, 1) if self.n_bits is not None else x
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Initialise every data-dependent layer from the batch ``x`` (a no-op for layers already set)."""
+        was_training = self.training
+        self.train()
+        try:
+            self.log_prob(x)
+        finally:
+            self.train(was_training)
 
 
 def _fmt(shape: tuple[int, ...]) -> str:

@@ -13,6 +13,7 @@ from lgm.flow.base import Compose, Flow, Reshape
 from lgm.flow.coupling import AdditiveCoupling, check_partition
 from lgm.flow.layers import DiagonalScaling
 from lgm.flow.nets import mlp
+from lgm.flow.preprocess import make_preprocessing
 from lgm.flow.priors import make_prior
 
 
@@ -29,8 +30,11 @@ class NiceFlow(Flow):
         partition: ``"even_odd"`` (the paper's choice for MNIST) or ``"halves"``.
         scale: positivity map of the final diagonal scaling, see `lgm.flow.scales`.
         prior: ``"logistic"`` (the paper's choice for images) or ``"gaussian"``.
-
-    ``log_prob`` is in nats of the data as given, treated as continuous.
+        n_bits: ``None`` for continuous data (2-D toys); the bit depth for images, which turns on
+            dequantisation and `bits_per_dim` (see `lgm.flow.Flow`).
+        data_range, logit_alpha, normalize, pad_to: image preprocessing, see
+            `lgm.flow.preprocess.make_preprocessing`. The paper feeds NICE dequantised images in
+            [0, 1] (``data_range="unit"``, no logit, no normalisation).
     """
 
     def __init__(
@@ -44,21 +48,33 @@ class NiceFlow(Flow):
         partition: str = "even_odd",
         scale: str = "exp",
         prior: str = "gaussian",
+        n_bits: int | None = None,
+        data_range: str = "unit",
+        logit_alpha: float | None = None,
+        normalize: str | None = None,
+        pad_to: int | None = None,
     ) -> None:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        dim = math.prod(shape)
+        if n_bits is None and (logit_alpha is not None or normalize is not None or pad_to is not None or data_range != "unit"):
+            raise ValueError("logit_alpha, normalize, pad_to and data_range preprocess images: set n_bits (e.g. 8) to use them")
+        if n_bits is None:
+            layers, model_shape = [], shape
+        else:
+            layers, model_shape = make_preprocessing(shape, n_bits, data_range, logit_alpha, normalize, pad_to)
+        dim = math.prod(model_shape)
         check_partition(dim, partition)
         if couplings < 1:
             raise ValueError(f"couplings must be at least 1, got {couplings}")
-        layers = [Reshape(shape, (dim,))]
+        layers.append(Reshape(model_shape, (dim,)))
         for i in range(couplings):
             net = mlp(dim // 2, dim // 2, hidden=hidden, depth=depth, activation=activation, norm=norm)
             layers.append(AdditiveCoupling(dim, net, partition=partition, change="second" if i % 2 == 0 else "first"))
         layers.append(DiagonalScaling(dim, scale=scale))
-        super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape)
+        super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape, n_bits=n_bits)
         self.init_args = dict(
             shape=list(shape), couplings=couplings, hidden=hidden, depth=depth, activation=activation,
-            norm=norm, partition=partition, scale=scale, prior=prior,
+            norm=norm, partition=partition, scale=scale, prior=prior, n_bits=n_bits, data_range=data_range,
+            logit_alpha=logit_alpha, normalize=normalize, pad_to=pad_to,
         )
 
     @property
@@ -68,8 +84,9 @@ class NiceFlow(Flow):
 
     @classmethod
     def mnist(cls, **overrides) -> "NiceFlow":
-        """The paper's MNIST model: 4 couplings of 5 x 1000 ReLU units, even/odd split, logistic prior."""
-        args = dict(shape=(1, 28, 28), couplings=4, hidden=1000, depth=5, partition="even_odd", prior="logistic")
+        """The paper's MNIST model: 4 couplings of 5 x 1000 ReLU units, even/odd split, logistic prior,
+        on dequantised 8-bit images in [0, 1]."""
+        args = dict(shape=(1, 28, 28), couplings=4, hidden=1000, depth=5, partition="even_odd", prior="logistic", n_bits=8)
         return cls(**{**args, **overrides})
 
     @classmethod

@@ -8,6 +8,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from torchvision.utils import save_image
+
 from lgm.evaluate.density import kl_to_truth
 from lgm.viz.density import plot_density_comparison, plot_samples
 
@@ -73,3 +75,38 @@ class ToyDiagnostics(L.Callback):
         )
         plot_samples(figures / "samples.png", flow.sample(self.n_samples).cpu(), data[: self.n_samples], density.bounds)
         return report
+
+
+class SampleGrid(L.Callback):
+    """For image flows, save grids of samples at several temperatures after every training epoch.
+
+    Writes ``figures/samples_t{T}.png`` (one per temperature, overwritten each epoch, so the latest
+    is always there). Does nothing for continuous data.
+
+    Args:
+        temperatures: prior temperatures to sample at.
+        n: images per grid.
+        seed: seed of the prior noise, the same every epoch so grids are comparable over training.
+    """
+
+    def __init__(self, temperatures: list[float] = [0.5, 0.7, 1.0], n: int = 64, seed: int = 0) -> None:  # noqa: B006
+        self.temperatures = list(temperatures)
+        self.n = n
+        self.seed = seed
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        flow = pl_module.flow
+        if flow.n_bits is None or not trainer.is_global_zero:
+            return
+        figures = Path(trainer.log_dir or trainer.default_root_dir) / "figures"
+        figures.mkdir(parents=True, exist_ok=True)
+        was_training = flow.training
+        flow.eval()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
+                for t in self.temperatures:
+                    torch.manual_seed(self.seed)
+                    images = flow.sample(self.n, temperature=t)
+                    save_image(images.float().cpu(), figures / f"samples_t{t}.png", nrow=int(self.n**0.5), padding=1)
+        finally:
+            flow.train(was_training)

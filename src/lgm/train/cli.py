@@ -12,7 +12,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lgm.train.callbacks import ToyDiagnostics
+from lgm.train.callbacks import SampleGrid, ToyDiagnostics
 from lgm.train.module import FlowModule
 
 DEFAULT_FLOW = {"class_path": "lgm.flow.NiceFlow", "init_args": {"shape": [2], "prior": "gaussian"}}
@@ -37,13 +37,13 @@ def default_trainer(run_version: str) -> dict:
 
 
 class FlowCLI(LightningCLI):
-    """Adds the checkpointing (last and best by ``val/nll``) and 2-D diagnostics every run gets."""
+    """Adds what every run gets: checkpoints (last, and best by ``val/loss``), 2-D diagnostics, sample grids."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(
             {
-                "checkpoint.monitor": "val/nll",
+                "checkpoint.monitor": "val/loss",
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-epoch{epoch}-step{step}",
                 "checkpoint.auto_insert_metric_name": False,
@@ -52,6 +52,7 @@ class FlowCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(ToyDiagnostics, "toy_diagnostics")
+        parser.add_lightning_class_args(SampleGrid, "sample_grid")
 
 
 def main(args: list[str] | None = None) -> None:

@@ -6,50 +6,91 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lgm.flow.base import Flow
+from lgm.flow.base import DataInitialized, Flow
+from lgm.flow.discrete import dequantize, reduce_bits
 from lgm.flow.io import flow_spec
 
 
 class FlowModule(L.LightningModule):
-    """Maximum-likelihood training of a flow: the loss is the mean negative log-likelihood in nats.
+    """Maximum-likelihood training of a flow.
 
-    Logs ``train/nll``, ``val/nll`` and ``test/nll`` (nats per sample). Checkpoints carry the
-    flow's class and arguments (``"lgm_flow"``) so that `lgm.flow.load` rebuilds the model alone.
+    For continuous data (2-D toys) the loss is the negative log-likelihood in nats, logged as
+    ``{train,val,test}/nll``. For images (flows with ``n_bits``) it is bits/dim of the discrete
+    images (`lgm.flow.Flow.bits_per_dim`), logged as ``{train,val,test}/bpd``. Either is also
+    logged as ``val/loss``, which checkpointing monitors.
+
+    Checkpoints carry the flow's class and arguments (``"lgm_flow"``) so that `lgm.flow.load`
+    rebuilds the model alone.
 
     Args:
         flow: the model, e.g. ``lgm.flow.NiceFlow(...)``; in a YAML config a ``class_path`` /
             ``init_args`` pair.
         lr: Adam learning rate.
         weight_decay: Adam's L2 penalty (0 by default: it hurts scale parameters).
+        dequant_samples: dequantisation samples per image for validation and test bits/dim
+            (K > 1 gives the importance-weighted bound papers report; training always uses 1).
+        init_samples: training samples used to initialise data-dependent layers (normalisation,
+            actnorm) before the first step.
     """
 
-    def __init__(self, flow: Flow, lr: float = 1e-3, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self, flow: Flow, lr: float = 1e-3, weight_decay: float = 0.0, dequant_samples: int = 1, init_samples: int = 1024
+    ) -> None:
         super().__init__()
         self.flow = flow
         self.save_hyperparameters(ignore=["flow"])
 
-    def _nll(self, batch: Tensor) -> Tensor:
-        return -self.flow.log_prob(batch)
+    @property
+    def metric(self) -> str:
+        return "nll" if self.flow.n_bits is None else "bpd"
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        loss = self._nll(batch).mean()
+    def _loss(self, batch: Tensor | tuple[Tensor, Tensor], dequant_samples: int = 1) -> Tensor:
+        """Per-sample loss ``[B]``: nats for continuous data, bits/dim for images."""
+        if self.flow.n_bits is None:
+            return -self.flow.log_prob(batch)
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self.flow.bits_per_dim(x, dequant_samples=dequant_samples)
+
+    def training_step(self, batch: Tensor | tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self._loss(batch).mean()
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"the training loss became {loss.item()} at step {self.global_step}. Usual fixes: a smaller "
                 "--model.lr, a bounded scale function (scale: softplus or sigmoid), or gradient clipping "
                 "(--trainer.gradient_clip_val 1.0)"
             )
-        self.log("train/nll", loss, prog_bar=True)
+        self.log(f"train/{self.metric}", loss, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        self.log("val/nll", self._nll(batch).mean(), prog_bar=True)
+    def validation_step(self, batch: Tensor | tuple[Tensor, Tensor], batch_idx: int) -> None:
+        loss = self._loss(batch, self.hparams.dequant_samples).mean()
+        self.log(f"val/{self.metric}", loss, prog_bar=True)
+        self.log("val/loss", loss)
 
-    def test_step(self, batch: Tensor, batch_idx: int) -> None:
-        self.log("test/nll", self._nll(batch).mean())
+    def test_step(self, batch: Tensor | tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.log(f"test/{self.metric}", self._loss(batch, self.hparams.dequant_samples).mean())
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    def on_fit_start(self) -> None:
+        layers = [m for m in self.flow.modules() if isinstance(m, DataInitialized)]
+        if layers and not all(bool(m.initialized) for m in layers):
+            self.flow.initialize(self._initialization_batch())
+
+    def _initialization_batch(self) -> Tensor:
+        """``init_samples`` training samples, dequantised for image flows, on the model's device."""
+        chunks, count = [], 0
+        for batch in self.trainer.datamodule.train_dataloader():
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            chunks.append(x)
+            count += len(x)
+            if count >= self.hparams.init_samples:
+                break
+        x = torch.cat(chunks)[: self.hparams.init_samples].to(self.device)
+        if self.flow.n_bits is not None:
+            x = dequantize(reduce_bits(x, self.flow.n_bits), self.flow.n_bits)
+        return x
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lgm_flow"] = flow_spec(self.flow)
