@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from lgm.data import ToyDataModule, toy
-from lgm.flow import NiceFlow, load
+from lgm.flow import NiceFlow, load, save
 from lgm.train import FlowModule
 from lgm.train.cli import main
 from test_images import SHARED_DATA, needs_shared_data
@@ -150,3 +150,24 @@ def test_nice_mnist_recipe_runs_on_the_shared_data(tmp_path, monkeypatch, capsys
     main(["test", "--config", str(config), "--model.flow.init_args.hidden", "16", "--trainer.limit_test_batches", "2",
           "--trainer.enable_progress_bar", "false", "--ckpt_path", str(last)])
     assert "test/bpd" in capsys.readouterr().out
+
+
+def test_sample_command_draws_images_and_points(tmp_path, capsys):
+    image_model = NiceFlow(shape=(1, 8, 8), hidden=8, depth=1, n_bits=5, logit_alpha=0.05)
+    save(image_model, tmp_path / "images.pt")
+    main(["sample", "--ckpt", str(tmp_path / "images.pt"), "--n", "9", "--temperature", "0.7", "--out", str(tmp_path / "grid.png")])
+    assert "wrote 9 samples at temperature 0.7" in capsys.readouterr().out
+    from PIL import Image
+
+    assert Image.open(tmp_path / "grid.png").size == (3 * 9 + 1, 3 * 9 + 1)  # 3 x 3 tiles of 8 + 1 padding
+
+    save(NiceFlow.toy(), tmp_path / "toy.pt")
+    main(["sample", "--ckpt", str(tmp_path / "toy.pt"), "--out", str(tmp_path / "points.png")])
+    assert (tmp_path / "points.png").stat().st_size > 0
+
+
+def test_sample_command_reports_a_bad_checkpoint(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--ckpt", str(tmp_path / "missing.ckpt")])
+    assert exit_info.value.code == 2
+    assert "no checkpoint or model file" in capsys.readouterr().err

@@ -73,7 +73,7 @@ class ToyDiagnostics(L.Callback):
             figures / "density.png", model_log_prob, data, density.bounds,
             true_log_prob=density.log_prob if density.has_log_prob else None,
         )
-        plot_samples(figures / "samples.png", flow.sample(self.n_samples).cpu(), data[: self.n_samples], density.bounds)
+        plot_samples(figures / "samples.png", flow.sample(self.n_samples).cpu(), density.bounds, data[: self.n_samples])
         return report
 
 

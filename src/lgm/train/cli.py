@@ -1,4 +1,5 @@
-"""The ``lgm-flow`` command: Lightning's CLI (``fit``, ``validate``, ``test``) with YAML configs.
+"""The ``lgm-flow`` command: Lightning's CLI (``fit``, ``validate``, ``test``) with YAML configs,
+and ``lgm-flow sample --ckpt PATH`` (see `lgm.train.sample`).
 
 ``lgm-flow fit`` with no config trains NICE on the 2-D banana (generated in memory, no download).
 ``lgm-flow fit --config configs/nice_banana.yaml --model.lr 3e-3`` reads a recipe and overrides it.
@@ -6,6 +7,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime
 
 import lightning as L
@@ -14,6 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lgm.train.callbacks import SampleGrid, ToyDiagnostics
 from lgm.train.module import FlowModule
+from lgm.train.sample import sample_main
 
 DEFAULT_FLOW = {"class_path": "lgm.flow.NiceFlow", "init_args": {"shape": [2], "prior": "gaussian"}}
 DEFAULT_DATA = {"class_path": "lgm.data.ToyDataModule", "init_args": {"name": "banana"}}
@@ -56,6 +59,10 @@ class FlowCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else args
+    if argv[:1] == ["sample"]:
+        sample_main(argv[1:])
+        return
     FlowCLI(
         FlowModule,
         L.LightningDataModule,

@@ -43,15 +43,16 @@ def plot_density_comparison(
     plt.close(fig)
 
 
-def plot_samples(path: str | os.PathLike, samples: Tensor, data: Tensor, bounds: Bounds) -> None:
-    """Save a scatter plot of model ``samples`` over ``data``."""
+def plot_samples(path: str | os.PathLike, samples: Tensor, bounds: Bounds, data: Tensor | None = None) -> None:
+    """Save a scatter plot of model ``samples``, over ``data`` if given."""
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(data[:, 0].numpy(), data[:, 1].numpy(), s=2, alpha=0.3, color="tab:blue", label="data")
+    if data is not None:
+        ax.scatter(data[:, 0].numpy(), data[:, 1].numpy(), s=2, alpha=0.3, color="tab:blue", label="data")
     ax.scatter(samples[:, 0].numpy(), samples[:, 1].numpy(), s=2, alpha=0.3, color="tab:orange", label="samples")
     ax.set_xlim(bounds[0])
     ax.set_ylim(bounds[1])
     ax.legend(markerscale=5, loc="upper right")
-    ax.set_title("model samples over data")
+    ax.set_title("model samples over data" if data is not None else "model samples")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
