@@ -171,3 +171,23 @@ def test_sample_command_reports_a_bad_checkpoint(tmp_path, capsys):
         main(["sample", "--ckpt", str(tmp_path / "missing.ckpt")])
     assert exit_info.value.code == 2
     assert "no checkpoint or model file" in capsys.readouterr().err
+
+
+def test_cli_trains_a_class_conditional_glow(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = [
+        "--data", "lgm.data.ImageDataModule", "--data.init_args.name", "digits", "--data.init_args.batch_size", "100",
+        "--model.flow", "lgm.flow.Glow", "--model.flow.init_args.shape", "[1, 8, 8]",
+        "--model.flow.init_args.levels", "2", "--model.flow.init_args.steps", "2", "--model.flow.init_args.hidden", "16",
+        "--model.flow.init_args.n_classes", "10", "--model.init_samples", "256",
+        "--sample_grid.temperatures", "[0.7]", "--sample_grid.n", "20",
+        "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    ]
+    main(["fit", *args])
+    run = run_dir(tmp_path)
+    assert (run / "figures" / "samples_t0.7.png").is_file()
+    flow = load(run / "checkpoints" / "last.ckpt")
+    assert flow.n_classes == 10
+    assert flow.sample(3, 0.7, labels=torch.tensor([1, 2, 3])).shape == (3, 1, 8, 8)
+    main(["test", *args, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert "test/bpd" in capsys.readouterr().out

@@ -6,30 +6,43 @@ Direction convention: ``forward`` maps data -> latent and returns ``(z, log|det 
 
 from lgm.flow.base import Compose, DataInitialized, Flow, Reshape, Transform
 from lgm.flow.discrete import dequantize, quantize, reduce_bits
-from lgm.flow.coupling import AdditiveCoupling
+from lgm.flow.coupling import AdditiveCoupling, AffineCoupling
+from lgm.flow.glow import Glow
 from lgm.flow.io import load, save
-from lgm.flow.layers import DiagonalScaling
+from lgm.flow.layers import ActNorm, ChannelPermutation, DiagonalScaling, InvConv1x1, Squeeze
+from lgm.flow.multiscale import MultiScaleFlow
 from lgm.flow.nets import mlp
 from lgm.flow.nice import NiceFlow
 from lgm.flow.preprocess import Center, Logit, Normalize, PadWithNoise, make_preprocessing
-from lgm.flow.priors import StandardGaussian, StandardLogistic, make_prior
+from lgm.flow.priors import SplitPrior, StandardGaussian, StandardLogistic, TopPrior, make_prior
+from lgm.flow.realnvp import RealNVP
 from lgm.flow.scales import SCALE_MAPS, get_scale_map
 
 __all__ = [
+    "ActNorm",
     "AdditiveCoupling",
+    "AffineCoupling",
     "Center",
+    "ChannelPermutation",
     "Compose",
     "DataInitialized",
     "DiagonalScaling",
     "Flow",
+    "Glow",
+    "InvConv1x1",
     "Logit",
+    "MultiScaleFlow",
     "Normalize",
     "PadWithNoise",
     "NiceFlow",
+    "RealNVP",
     "Reshape",
     "SCALE_MAPS",
+    "SplitPrior",
+    "Squeeze",
     "StandardGaussian",
     "StandardLogistic",
+    "TopPrior",
     "Transform",
     "dequantize",
     "get_scale_map",

@@ -122,6 +122,7 @@ class Flow(nn.Module):
     """
 
     init_args: dict[str, Any]
+    n_classes: int | None = None
 
     def __init__(self, transform: Transform, prior: nn.Module, shape: tuple[int, ...], n_bits: int | None = None) -> None:
         super().__init__()
@@ -152,6 +153,11 @@ class Flow(nn.Module):
                 "pass uint8 images to bits_per_dim, or dequantise them with lgm.flow.discrete.dequantize"
             )
 
+    def check_labels(self, labels: Tensor | None) -> None:
+        """Class-conditional models need labels; the others must not be given any."""
+        if labels is not None and self.n_classes is None:
+            raise ValueError("this model is not class-conditional: do not pass labels")
+
     def encode(self, x: Tensor) -> Tensor:
         """Map data ``[B, *shape]`` to latents."""
         self.check_input(x)
@@ -161,13 +167,14 @@ class Flow(nn.Module):
         """Map latents back to data ``[B, *shape]``; ``decode(encode(x)) == x`` to float precision."""
         return self.transform.inverse(z)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Log-density of ``x`` (``[B, *shape]``) in nats, shape ``[B]``."""
+    def log_prob(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Log-density of ``x`` (``[B, *shape]``) in nats, shape ``[B]`` (given ``labels`` if class-conditional)."""
         self.check_input(x)
+        self.check_labels(labels)
         z, logdet = self.transform(x)
         return self.prior.log_prob(z) + logdet
 
-    def bits_per_dim(self, x: Tensor, dequant_samples: int = 1) -> Tensor:
+    def bits_per_dim(self, x: Tensor, labels: Tensor | None = None, dequant_samples: int = 1) -> Tensor:
         """Bits per dimension of discrete 8-bit images ``x`` (integers in 0..255), shape ``[B]``.
 
         ``bpd = (-log p(y) + D n_bits ln 2) / (D ln 2)`` with ``y = (x + u) / 2**n_bits``,
@@ -182,12 +189,12 @@ class Flow(nn.Module):
         check_images(x, self.shape)
         x = reduce_bits(x, self.n_bits)
         dtype = next((t.dtype for t in self.state_dict().values() if t.is_floating_point()), torch.float32)
-        log_px = torch.stack([self.log_prob(dequantize(x, self.n_bits, dtype)) for _ in range(dequant_samples)])
+        log_px = torch.stack([self.log_prob(dequantize(x, self.n_bits, dtype), labels) for _ in range(dequant_samples)])
         log_px = torch.logsumexp(log_px, dim=0) - math.log(dequant_samples)
         dims = math.prod(self.shape)
         return -log_px / (dims * math.log(2)) + self.n_bits
 
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+    def sample(self, n: int, temperature: float = 1.0, labels: Tensor | None = None) -> Tensor:
         """Draw ``n`` samples ``[n, *shape]``; ``temperature`` scales the prior's standard deviation.
 
         Temperature 0 gives ``n`` copies of the decoded prior mode, ``decode(0)``. Image models
@@ -195,16 +202,19 @@ class Flow(nn.Module):
         """
         if temperature < 0:
             raise ValueError(f"temperature must be non-negative, got {temperature}")
-        x = self.decode(self.prior.sample(n, temperature=temperature))
+        self.check_labels(labels)
+        return self._as_data(self.decode(self.prior.sample(n, temperature=temperature)))
+
+    def _as_data(self, x: Tensor) -> Tensor:
         return x.clamp(0, 1) if self.n_bits is not None else x
 
     @torch.no_grad()
-    def initialize(self, x: Tensor) -> None:
+    def initialize(self, x: Tensor, labels: Tensor | None = None) -> None:
         """Initialise every data-dependent layer from the batch ``x`` (a no-op for layers already set)."""
         was_training = self.training
         self.train()
         try:
-            self.log_prob(x)
+            self.log_prob(x, labels)
         finally:
             self.train(was_training)
 

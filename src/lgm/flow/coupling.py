@@ -1,4 +1,4 @@
-"""Coupling layers on flat vectors, and the partitions that split a vector into two parts.
+"""Coupling layers: additive on flat vectors (NICE, with its partitions), affine on images (RealNVP, Glow).
 
 A coupling layer splits ``x`` into ``(x_a, x_b)``, keeps ``x_a`` and changes ``x_b`` by a function
 of ``x_a`` only. Whatever that function is, the map is invertible and its Jacobian is triangular.
@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from lgm.flow.base import Transform
+from lgm.flow.scales import get_scale_map
 
 PARTITIONS = ("even_odd", "halves")
 
@@ -78,3 +79,82 @@ class AdditiveCoupling(Transform):
     def inverse(self, z: Tensor) -> Tensor:
         kept, changed = self._parts(z)
         return self._join(kept, changed - self.net(kept))
+
+
+MASKS = ("channel", "checkerboard")
+
+
+def checkerboard(height: int, width: int, parity: int) -> Tensor:
+    """``[1, 1, H, W]`` mask, 1 where ``(h + w + parity)`` is even: the pixels a coupling keeps."""
+    grid = torch.arange(height)[:, None] + torch.arange(width)[None, :] + parity
+    return (grid % 2 == 0).float()[None, None]
+
+
+class AffineCoupling(Transform):
+    """Affine coupling on images (RealNVP, Glow): ``z_b = x_b * s + t``, ``z_a = x_a``, with
+    ``(h, t) = net(x_a)`` and ``s = positivity map(h)``; ``logdet = sum over x_b of log s``.
+
+    Input and output ``[B, C, H, W]``.
+
+    Args:
+        channels: ``C``.
+        net_builder: ``(in_channels, out_channels) -> network``; e.g. ``lgm.flow.nets.glow_net``.
+        mask: ``"channel"`` (``x_a`` = one half of the channels; C even) or ``"checkerboard"``
+            (``x_a`` = the pixels where ``h + w + parity`` is even; any C).
+        parity: 0 or 1, which half is kept; alternate it between layers.
+        scale: positivity map (see `lgm.flow.scales`): ``"exp"`` (RealNVP), ``"sigmoid"``
+            (``sigmoid(h + 2)``, openai/glow), ``"softplus"``, ``"softclamp"``, ``"sigmoid2"``.
+        affine: ``False`` gives the additive coupling ``z_b = x_b + t`` (volume preserving).
+    """
+
+    def __init__(
+        self, channels: int, net_builder, mask: str = "channel", parity: int = 0, scale: str = "sigmoid", affine: bool = True
+    ) -> None:
+        super().__init__()
+        if mask not in MASKS:
+            raise ValueError(f"unknown coupling mask {mask!r}; choose one of {list(MASKS)}")
+        if mask == "channel" and channels % 2:
+            raise ValueError(f"a channel-wise coupling halves the channels, so it needs an even count; got {channels}")
+        self.mask, self.parity, self.affine = mask, parity, affine
+        self.scale_map = get_scale_map(scale)
+        kept = channels // 2 if mask == "channel" else channels
+        changed = channels - kept if mask == "channel" else channels
+        self.net = net_builder(kept, changed * (2 if affine else 1))
+
+    def _shift_and_log_scale(self, kept: Tensor) -> tuple[Tensor, Tensor | None]:
+        out = self.net(kept)
+        if not self.affine:
+            return out, None
+        h, shift = out.chunk(2, dim=1)
+        return shift, self.scale_map.log_scale(h)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.mask == "channel":
+            a, b = self._halves(x)
+            shift, log_s = self._shift_and_log_scale(a)
+            b = b * log_s.exp() + shift if log_s is not None else b + shift
+            logdet = log_s.flatten(1).sum(1) if log_s is not None else x.new_zeros(x.shape[0])
+            return self._join(a, b), logdet
+        m = checkerboard(x.shape[2], x.shape[3], self.parity).to(x)
+        shift, log_s = self._shift_and_log_scale(x * m)
+        z = x * m + (1 - m) * (x * log_s.exp() + shift if log_s is not None else x + shift)
+        logdet = ((1 - m) * log_s).flatten(1).sum(1) if log_s is not None else x.new_zeros(x.shape[0])
+        return z, logdet
+
+    def inverse(self, z: Tensor) -> Tensor:
+        if self.mask == "channel":
+            a, b = self._halves(z)
+            shift, log_s = self._shift_and_log_scale(a)
+            b = (b - shift) * (-log_s).exp() if log_s is not None else b - shift
+            return self._join(a, b)
+        m = checkerboard(z.shape[2], z.shape[3], self.parity).to(z)
+        shift, log_s = self._shift_and_log_scale(z * m)
+        changed = (z - shift) * (-log_s).exp() if log_s is not None else z - shift
+        return z * m + (1 - m) * changed
+
+    def _halves(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        first, second = x.chunk(2, dim=1)
+        return (second, first) if self.parity else (first, second)
+
+    def _join(self, kept: Tensor, changed: Tensor) -> Tensor:
+        return torch.cat((changed, kept) if self.parity else (kept, changed), dim=1)

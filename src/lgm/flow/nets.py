@@ -1,4 +1,4 @@
-"""Coupling networks: the unconstrained functions inside coupling layers.
+"""Coupling networks: the unconstrained functions inside coupling layers (MLPs for vectors, CNNs for images).
 
 A coupling layer stays invertible whatever its network computes, so these can be any shape; what
 matters is that they start near zero (the layer then starts as the identity, which keeps deep flows
@@ -7,7 +7,10 @@ stable at the beginning of training).
 
 from __future__ import annotations
 
-from torch import nn
+import torch
+from torch import Tensor, nn
+
+from lgm.flow.layers import ActNorm
 
 ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
 NORMS = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
@@ -53,3 +56,65 @@ def mlp(
         nn.init.zeros_(last.bias)
     layers.append(last)
     return nn.Sequential(*layers)
+
+
+class ZeroConv2d(nn.Module):
+    """openai/glow's ``Conv2dZeros``: a 3x3 convolution started at zero, its output scaled per channel by
+    ``exp(3 * logs)`` (``logs`` also starting at zero), so the layer it feeds starts as the identity."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+        self.logs = nn.Parameter(torch.zeros(out_channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x) * torch.exp(3 * self.logs)
+
+
+class ActNormLayer(nn.Module):
+    """Actnorm inside a coupling network, where no log-det is needed (the coupling stays invertible)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.actnorm = ActNorm(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.actnorm(x)[0]
+
+
+def glow_net(in_channels: int, out_channels: int, hidden: int = 128) -> nn.Sequential:
+    """Glow's coupling network: conv3x3 - actnorm - ReLU - conv1x1 - actnorm - ReLU - zero-init conv3x3.
+
+    ``[B, in_channels, H, W] -> [B, out_channels, H, W]``; starts at exactly zero output.
+    """
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False), ActNormLayer(hidden), nn.ReLU(),
+        nn.Conv2d(hidden, hidden, 1, bias=False), ActNormLayer(hidden), nn.ReLU(),
+        ZeroConv2d(hidden, out_channels),
+    )
+
+
+class ResidualBlock(nn.Module):
+    """``x + conv3x3(relu(actnorm(conv3x3(relu(actnorm(x))))))``: a pre-activation residual block."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            ActNormLayer(channels), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            ActNormLayer(channels), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+def resnet(in_channels: int, out_channels: int, hidden: int = 64, blocks: int = 2) -> nn.Sequential:
+    """RealNVP's residual coupling network (with actnorm in place of its batch norm), zero-init output."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden, 3, padding=1),
+        *(ResidualBlock(hidden) for _ in range(blocks)),
+        ActNormLayer(hidden), nn.ReLU(),
+        ZeroConv2d(hidden, out_channels),
+    )

@@ -1,4 +1,5 @@
-"""Priors on the latent space: factorised standard distributions with exact densities.
+"""Priors on the latent space: standard distributions, and Gaussians whose parameters are learned
+or conditioned (on the kept half at a multi-scale split, or on a class label).
 
 Each prior has ``log_prob(z) -> [B]`` (nats, summed over every non-batch dimension) and
 ``sample(n, temperature) -> [n, *shape]``. Temperature multiplies the standard deviation (for the
@@ -12,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from lgm.flow.nets import ZeroConv2d
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -65,3 +68,94 @@ def make_prior(name: str, shape: tuple[int, ...]) -> nn.Module:
         return PRIORS[name](shape)
     except KeyError:
         raise ValueError(f"unknown prior {name!r}; choose one of {sorted(PRIORS)}") from None
+
+
+def gaussian_log_prob(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """``log N(z; mean, exp(log_std)^2)`` summed over every non-batch dimension, shape ``[B]``."""
+    values = -0.5 * ((z - mean) * torch.exp(-log_std)).square() - log_std - 0.5 * _LOG_2PI
+    return values.reshape(z.shape[0], -1).sum(dim=1)
+
+
+class _ClassBias(nn.Module):
+    """Per-class offsets of mean and log-std, per channel, started at zero (class-conditional priors)."""
+
+    def __init__(self, n_classes: int, channels: int) -> None:
+        super().__init__()
+        self.n_classes = n_classes
+        self.embedding = nn.Embedding(n_classes, 2 * channels)
+        nn.init.zeros_(self.embedding.weight)
+
+    def forward(self, labels: Tensor) -> tuple[Tensor, Tensor]:
+        if labels is None:
+            raise ValueError(f"this model is class-conditional ({self.n_classes} classes): pass labels")
+        if labels.dim() != 1 or labels.min() < 0 or labels.max() >= self.n_classes:
+            raise ValueError(f"labels must be a 1-D tensor of class indices in 0..{self.n_classes - 1}")
+        mean, log_std = self.embedding(labels).chunk(2, dim=1)
+        return mean[:, :, None, None], log_std[:, :, None, None]
+
+
+class TopPrior(nn.Module):
+    """Diagonal Gaussian on the last level's latent ``[B, C, H, W]``.
+
+    ``learned=False`` is N(0, I); ``learned=True`` learns a mean and log-std per position (Glow's
+    ``learntop``), started at N(0, I). With ``n_classes`` the label adds a learned per-channel offset.
+    Temperature multiplies the standard deviation.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], learned: bool = True, n_classes: int | None = None) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        if learned:
+            self.mean = nn.Parameter(torch.zeros(shape))
+            self.log_std = nn.Parameter(torch.zeros(shape))
+        else:
+            self.register_buffer("mean", torch.zeros(shape))
+            self.register_buffer("log_std", torch.zeros(shape))
+        self.class_bias = _ClassBias(n_classes, shape[0]) if n_classes else None
+
+    def params(self, batch: int, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        mean, log_std = self.mean.expand(batch, *self.shape), self.log_std.expand(batch, *self.shape)
+        if self.class_bias is not None:
+            dm, ds = self.class_bias(labels)
+            mean, log_std = mean + dm, log_std + ds
+        return mean, log_std
+
+    def log_prob(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        return gaussian_log_prob(z, *self.params(z.shape[0], labels))
+
+    def sample(self, n: int, temperature: float = 1.0, labels: Tensor | None = None) -> Tensor:
+        mean, log_std = self.params(n, labels)
+        return mean + temperature * log_std.exp() * torch.randn_like(mean)
+
+
+class SplitPrior(nn.Module):
+    """Prior of a factored-out latent ``z [B, Cz, H, W]`` given the kept half ``h [B, Ch, H, W]``.
+
+    ``learned=False`` is N(0, I); ``learned=True`` is Glow's conditional prior: a zero-initialised
+    convolution of ``h`` gives its mean and log-std (started at N(0, I)). With ``n_classes`` the label
+    adds a learned per-channel offset. Temperature multiplies the standard deviation.
+    """
+
+    def __init__(self, kept_channels: int, z_channels: int, learned: bool = True, n_classes: int | None = None) -> None:
+        super().__init__()
+        self.z_channels = z_channels
+        self.conv = ZeroConv2d(kept_channels, 2 * z_channels) if learned else None
+        self.class_bias = _ClassBias(n_classes, z_channels) if n_classes else None
+
+    def params(self, h: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        shape = (h.shape[0], self.z_channels, *h.shape[2:])
+        if self.conv is not None:
+            mean, log_std = self.conv(h).chunk(2, dim=1)
+        else:
+            mean, log_std = h.new_zeros(shape), h.new_zeros(shape)
+        if self.class_bias is not None:
+            dm, ds = self.class_bias(labels)
+            mean, log_std = mean + dm, log_std + ds
+        return mean, log_std
+
+    def log_prob(self, z: Tensor, h: Tensor, labels: Tensor | None = None) -> Tensor:
+        return gaussian_log_prob(z, *self.params(h, labels))
+
+    def sample(self, h: Tensor, temperature: float = 1.0, labels: Tensor | None = None) -> Tensor:
+        mean, log_std = self.params(h, labels)
+        return mean + temperature * log_std.exp() * torch.randn_like(mean)

@@ -81,7 +81,8 @@ class SampleGrid(L.Callback):
     """For image flows, save grids of samples at several temperatures after every training epoch.
 
     Writes ``figures/samples_t{T}.png`` (one per temperature, overwritten each epoch, so the latest
-    is always there). Does nothing for continuous data.
+    is always there). Class-conditional models cycle through the classes. Does nothing for
+    continuous data.
 
     Args:
         temperatures: prior temperatures to sample at.
@@ -106,7 +107,8 @@ class SampleGrid(L.Callback):
             with torch.no_grad(), torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
                 for t in self.temperatures:
                     torch.manual_seed(self.seed)
-                    images = flow.sample(self.n, temperature=t)
+                    labels = torch.arange(self.n, device=pl_module.device) % flow.n_classes if flow.n_classes else None
+                    images = flow.sample(self.n, temperature=t, labels=labels)
                     save_image(images.float().cpu(), figures / f"samples_t{t}.png", nrow=int(self.n**0.5), padding=1)
         finally:
             flow.train(was_training)

@@ -46,10 +46,15 @@ class FlowModule(L.LightningModule):
 
     def _loss(self, batch: Tensor | tuple[Tensor, Tensor], dequant_samples: int = 1) -> Tensor:
         """Per-sample loss ``[B]``: nats for continuous data, bits/dim for images."""
+        x, labels = self._split(batch)
         if self.flow.n_bits is None:
-            return -self.flow.log_prob(batch)
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.flow.bits_per_dim(x, dequant_samples=dequant_samples)
+            return -self.flow.log_prob(x, labels)
+        return self.flow.bits_per_dim(x, labels, dequant_samples=dequant_samples)
+
+    def _split(self, batch: Tensor | tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """``(data, labels)``; labels only for class-conditional flows."""
+        x, labels = (batch[0], batch[1]) if isinstance(batch, (tuple, list)) else (batch, None)
+        return x, labels if self.flow.n_classes else None
 
     def training_step(self, batch: Tensor | tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._loss(batch).mean()
@@ -76,21 +81,24 @@ class FlowModule(L.LightningModule):
     def on_fit_start(self) -> None:
         layers = [m for m in self.flow.modules() if isinstance(m, DataInitialized)]
         if layers and not all(bool(m.initialized) for m in layers):
-            self.flow.initialize(self._initialization_batch())
+            self.flow.initialize(*self._initialization_batch())
 
-    def _initialization_batch(self) -> Tensor:
-        """``init_samples`` training samples, dequantised for image flows, on the model's device."""
-        chunks, count = [], 0
+    def _initialization_batch(self) -> tuple[Tensor, Tensor | None]:
+        """``init_samples`` training samples (dequantised for image flows) and their labels, on the model's device."""
+        xs, ys, count = [], [], 0
         for batch in self.trainer.datamodule.train_dataloader():
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            chunks.append(x)
+            x, labels = self._split(batch)
+            xs.append(x)
+            ys.append(labels)
             count += len(x)
             if count >= self.hparams.init_samples:
                 break
-        x = torch.cat(chunks)[: self.hparams.init_samples].to(self.device)
+        n = self.hparams.init_samples
+        x = torch.cat(xs)[:n].to(self.device)
+        labels = torch.cat(ys)[:n].to(self.device) if self.flow.n_classes else None
         if self.flow.n_bits is not None:
             x = dequantize(reduce_bits(x, self.flow.n_bits), self.flow.n_bits)
-        return x
+        return x, labels
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["lgm_flow"] = flow_spec(self.flow)

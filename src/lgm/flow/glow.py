@@ -1,0 +1,109 @@
+"""Glow (Kingma & Dhariwal 2018): multi-scale steps of actnorm -> invertible 1x1 conv -> affine coupling.
+
+Details from openai/glow's ``model.py``: the coupling network's last convolution starts at zero, the
+coupling's scale is ``sigmoid(h + 2)``, each split has a learned conditional prior and the top a
+learned prior, and actnorm is initialised from data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+from lgm.flow.base import Compose, Transform
+from lgm.flow.coupling import AffineCoupling
+from lgm.flow.layers import ActNorm, ChannelPermutation, InvConv1x1, Squeeze
+from lgm.flow.multiscale import MultiScaleFlow, check_divisible
+from lgm.flow.nets import glow_net
+from lgm.flow.preprocess import make_preprocessing
+from lgm.flow.priors import SplitPrior, TopPrior
+
+PERMUTATIONS = ("conv_lu", "conv", "reverse", "shuffle")
+
+
+def make_permutation(kind: str, channels: int, seed: int) -> Transform:
+    """The channel mixing of a Glow step: invertible 1x1 conv (LU or plain) or a fixed permutation."""
+    if kind == "conv_lu":
+        return InvConv1x1(channels, lu=True, seed=seed)
+    if kind == "conv":
+        return InvConv1x1(channels, lu=False, seed=seed)
+    if kind in ("reverse", "shuffle"):
+        return ChannelPermutation(channels, kind, seed=seed)
+    raise ValueError(f"unknown permutation {kind!r}; choose one of {list(PERMUTATIONS)}")
+
+
+class Glow(MultiScaleFlow):
+    """Glow for images of ``shape = (C, H, W)`` with ``H, W`` divisible by ``2**levels``.
+
+    Each level: squeeze, then ``steps`` x (actnorm, 1x1 conv, coupling); every level but the last
+    then factors out half its channels.
+
+    Args:
+        levels, steps, hidden: ``L``, ``K`` and the coupling networks' width (paper: 3, 32, 512).
+        coupling: ``"affine"`` or ``"additive"``.
+        permutation: ``"conv_lu"``, ``"conv"`` (plain 1x1 conv), ``"reverse"`` or ``"shuffle"``.
+        scale: the affine coupling's positivity map (see `lgm.flow.scales`); ``"sigmoid"`` is
+            openai/glow's ``sigmoid(h + 2)``, ``"exp"`` the paper's.
+        learned_prior: Glow's learned (conditional) priors at the splits and the top; else N(0, I).
+        n_classes: make the priors class-conditional (sample a chosen class).
+        n_bits, data_range, logit_alpha, normalize, pad_to: data and preprocessing, see
+            `lgm.flow.preprocess.make_preprocessing` (Glow uses ``data_range="centered"``).
+        seed: seed of the 1x1 convolutions' orthogonal initialisation and of shuffles.
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int] = (1, 28, 28),
+        levels: int = 2,
+        steps: int = 8,
+        hidden: int = 128,
+        coupling: str = "affine",
+        permutation: str = "conv_lu",
+        scale: str = "sigmoid",
+        learned_prior: bool = True,
+        n_classes: int | None = None,
+        n_bits: int = 8,
+        data_range: str = "centered",
+        logit_alpha: float | None = None,
+        normalize: str | None = None,
+        pad_to: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        shape = tuple(shape)
+        if coupling not in ("affine", "additive"):
+            raise ValueError(f"coupling must be 'affine' or 'additive', got {coupling!r}")
+        if levels < 1 or steps < 1:
+            raise ValueError(f"levels and steps must be at least 1, got {levels} and {steps}")
+        preprocess, (c, h, w) = make_preprocessing(shape, n_bits, data_range, logit_alpha, normalize, pad_to)
+        check_divisible((c, h, w), levels, levels)
+        net = partial(glow_net, hidden=hidden)
+        level_transforms, split_priors = [], []
+        for level in range(levels):
+            c, h, w = 4 * c, h // 2, w // 2
+            layers: list[Transform] = [Squeeze()]
+            for step in range(steps):
+                layers += [
+                    ActNorm(c),
+                    make_permutation(permutation, c, seed + 1000 * level + step),
+                    AffineCoupling(c, net, mask="channel", scale=scale, affine=coupling == "affine"),
+                ]
+            level_transforms.append(Compose(*layers))
+            if level < levels - 1:
+                split_priors.append(SplitPrior(c // 2, c - c // 2, learned_prior, n_classes))
+                c = c // 2
+        super().__init__(preprocess, level_transforms, split_priors, TopPrior((c, h, w), learned_prior, n_classes), shape, n_bits, n_classes)
+        self.init_args = dict(
+            shape=list(shape), levels=levels, steps=steps, hidden=hidden, coupling=coupling, permutation=permutation,
+            scale=scale, learned_prior=learned_prior, n_classes=n_classes, n_bits=n_bits, data_range=data_range,
+            logit_alpha=logit_alpha, normalize=normalize, pad_to=pad_to, seed=seed,
+        )
+
+    @classmethod
+    def paper_cifar10(cls, **overrides) -> "Glow":
+        """The paper's CIFAR-10 model: L = 3, K = 32, width 512, affine coupling, LU 1x1 conv (GPU-sized)."""
+        return cls(**{**dict(shape=(3, 32, 32), levels=3, steps=32, hidden=512), **overrides})
+
+    @classmethod
+    def cpu_fashion(cls, **overrides) -> "Glow":
+        """A CPU-sized model for 28x28 images: L = 2, K = 8, width 64."""
+        return cls(**{**dict(shape=(1, 28, 28), levels=2, steps=8, hidden=64), **overrides})

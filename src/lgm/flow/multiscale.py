@@ -1,0 +1,136 @@
+"""Multi-scale flows (RealNVP, Glow): levels of steps, each but the last ending in a split.
+
+Data -> preprocessing -> level 1 -> split: factor out ``z_1`` -> level 2 -> ... -> level L -> ``z_L``.
+Every factored-out latent is kept: ``encode`` returns ``[z_1, ..., z_L]`` (finest first, the top
+latent last) and ``decode`` takes that list, so ``decode(encode(x)) == x``. At a split, the
+factored half has its own prior, conditioned on the kept half (Glow's learned prior) or standard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lgm.flow.base import Compose, Flow, Transform
+from lgm.flow.priors import SplitPrior, TopPrior
+
+
+class MultiScaleFlow(Flow):
+    """A flow of ``L`` levels with splits between them.
+
+    Args:
+        preprocess: transforms from data space to the first level (see `lgm.flow.preprocess`).
+        levels: ``L`` transforms; level ``i < L`` outputs ``[B, C_i, H_i, W_i]``, of which the first
+            half of the channels goes on and the second half is factored out.
+        split_priors: ``L - 1`` priors of the factored halves given the kept halves.
+        top_prior: prior of the last level's output.
+        shape: shape of one data sample ``(C, H, W)``.
+        n_bits: bit depth of the images (see `lgm.flow.Flow`).
+        n_classes: number of classes for a class-conditional model, else ``None``.
+    """
+
+    def __init__(
+        self,
+        preprocess: Sequence[Transform],
+        levels: Sequence[Transform],
+        split_priors: Sequence[SplitPrior],
+        top_prior: TopPrior,
+        shape: tuple[int, ...],
+        n_bits: int | None = 8,
+        n_classes: int | None = None,
+    ) -> None:
+        if len(split_priors) != len(levels) - 1:
+            raise ValueError(f"{len(levels)} levels need {len(levels) - 1} split priors, got {len(split_priors)}")
+        super().__init__(Compose(*preprocess), top_prior, shape, n_bits=n_bits)
+        self.levels = nn.ModuleList(levels)
+        self.split_priors = nn.ModuleList(split_priors)
+        self.n_classes = n_classes
+
+    def check_labels(self, labels: Tensor | None) -> None:
+        if self.n_classes is None:
+            super().check_labels(labels)
+        elif labels is None:
+            raise ValueError(f"this model is class-conditional ({self.n_classes} classes): pass labels")
+
+    def _encode(self, x: Tensor, labels: Tensor | None) -> tuple[list[Tensor], Tensor]:
+        """``([z_1, ..., z_L], log p(x))``."""
+        h, log_p = self.transform(x)
+        latents = []
+        for i, level in enumerate(self.levels):
+            h, logdet = level(h)
+            log_p = log_p + logdet
+            if i < len(self.split_priors):
+                h, z = h.chunk(2, dim=1)
+                log_p = log_p + self.split_priors[i].log_prob(z, h, labels)
+                latents.append(z)
+        latents.append(h)
+        return latents, log_p + self.prior.log_prob(h, labels)
+
+    def log_prob(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        self.check_input(x)
+        self.check_labels(labels)
+        return self._encode(x, labels)[1]
+
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """Data ``[B, C, H, W]`` -> the latents of every level, finest first (labels are not needed)."""
+        self.check_input(x)
+        labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if self.n_classes else None
+        return self._encode(x, labels)[0]
+
+    def decode(self, latents: Sequence[Tensor]) -> Tensor:
+        """The latents of every level (as `encode` returns them) -> data."""
+        if len(latents) != len(self.levels):
+            raise ValueError(f"decode needs {len(self.levels)} latents (one per level), got {len(latents)}")
+        h = latents[-1]
+        for i in reversed(range(len(self.levels))):
+            if i < len(self.split_priors):
+                h = torch.cat((h, latents[i]), dim=1)
+            h = self.levels[i].inverse(h)
+        return self.transform.inverse(h)
+
+    def sample(self, n: int, temperature: float = 1.0, labels: Tensor | None = None) -> Tensor:
+        """``n`` samples; ``temperature`` scales the standard deviation of every level's prior.
+
+        Temperature 0 decodes the prior means (for learned priors, conditioned level by level).
+        """
+        if temperature < 0:
+            raise ValueError(f"temperature must be non-negative, got {temperature}")
+        self.check_labels(labels)
+        h = self.prior.sample(n, temperature, labels)
+        for i in reversed(range(len(self.levels))):
+            if i < len(self.split_priors):
+                h = torch.cat((h, self.split_priors[i].sample(h, temperature, labels)), dim=1)
+            h = self.levels[i].inverse(h)
+        return self._as_data(self.transform.inverse(h))
+
+    @torch.no_grad()
+    def interpolate(self, x_a: Tensor, x_b: Tensor, steps: int = 8, levels: int | None = None) -> Tensor:
+        """Decode straight lines between the latents of ``x_a`` and ``x_b`` (both ``[B, C, H, W]``).
+
+        ``levels=None`` interpolates every level; ``levels=k`` only the first ``k`` latents in
+        `encode` order (the finest), keeping ``x_a``'s latents elsewhere. Returns
+        ``[steps, B, C, H, W]``; the first entry decodes ``x_a`` itself.
+        """
+        za, zb = self.encode(x_a), self.encode(x_b)
+        k = len(za) if levels is None else levels
+        if not 0 <= k <= len(za):
+            raise ValueError(f"levels must be between 0 and {len(za)}, got {levels}")
+        frames = []
+        for t in torch.linspace(0, 1, steps).tolist():
+            mixed = [a + t * (b - a) if i < k else a for i, (a, b) in enumerate(zip(za, zb))]
+            frames.append(self._as_data(self.decode(mixed)))
+        return torch.stack(frames)
+
+
+def check_divisible(shape: tuple[int, ...], squeezes: int, levels: int) -> None:
+    """Raise a `ValueError` unless ``(C, H, W)`` images survive ``squeezes`` halvings of their sides."""
+    if len(shape) != 3:
+        raise ValueError(f"multi-scale flows need images of shape (C, H, W), got {shape}")
+    factor = 2**squeezes
+    if shape[1] % factor or shape[2] % factor:
+        raise ValueError(
+            f"image sides {shape[1]}x{shape[2]} are not divisible by 2^{squeezes} = {factor}, which {levels} "
+            f"levels need; use fewer levels, or pad_to a multiple of {factor} (e.g. 28 -> 32)"
+        )

@@ -1,0 +1,79 @@
+"""RealNVP (Dinh, Sohl-Dickstein, Bengio 2016): affine couplings with checkerboard and channel masks.
+
+Each scale but the last: 3 checkerboard couplings (alternating), squeeze, 3 channel couplings
+(alternating), then half the channels are factored out. The last scale: 4 checkerboard couplings.
+Coupling networks are residual networks. Where the paper uses batch normalisation we use actnorm
+(after each coupling and inside the networks): it is invertible per sample and needs no batch
+statistics at test time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+from lgm.flow.base import Compose, Transform
+from lgm.flow.coupling import AffineCoupling
+from lgm.flow.layers import ActNorm, Squeeze
+from lgm.flow.multiscale import MultiScaleFlow, check_divisible
+from lgm.flow.nets import resnet
+from lgm.flow.preprocess import make_preprocessing
+from lgm.flow.priors import SplitPrior, TopPrior
+
+
+class RealNVP(MultiScaleFlow):
+    """RealNVP for images of ``shape = (C, H, W)`` with ``H, W`` divisible by ``2**(levels - 1)``.
+
+    Args:
+        levels: number of scales.
+        hidden, blocks: width and residual blocks of each coupling network.
+        scale: positivity map of the couplings; ``"softclamp"`` (``exp(3 tanh(h / 3))``) is the bounded
+            exp that the paper's code uses in spirit (``scale * tanh``); ``"exp"`` is the plain one.
+        learned_prior: learned (conditional) priors instead of N(0, I) (the paper: N(0, I)).
+        n_classes: make the priors class-conditional.
+        n_bits, data_range, logit_alpha, normalize, pad_to: data and preprocessing (the paper uses
+            the logit with ``alpha = 0.05``), see `lgm.flow.preprocess.make_preprocessing`.
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int] = (1, 28, 28),
+        levels: int = 2,
+        hidden: int = 64,
+        blocks: int = 2,
+        scale: str = "softclamp",
+        learned_prior: bool = False,
+        n_classes: int | None = None,
+        n_bits: int = 8,
+        data_range: str = "unit",
+        logit_alpha: float | None = 0.05,
+        normalize: str | None = None,
+        pad_to: int | None = None,
+    ) -> None:
+        shape = tuple(shape)
+        if levels < 1:
+            raise ValueError(f"levels must be at least 1, got {levels}")
+        preprocess, (c, h, w) = make_preprocessing(shape, n_bits, data_range, logit_alpha, normalize, pad_to)
+        check_divisible((c, h, w), levels - 1, levels)
+        net = partial(resnet, hidden=hidden, blocks=blocks)
+
+        def couplings(channels: int, mask: str, count: int) -> list[Transform]:
+            layers: list[Transform] = []
+            for parity in range(count):
+                layers += [AffineCoupling(channels, net, mask=mask, parity=parity % 2, scale=scale), ActNorm(channels)]
+            return layers
+
+        level_transforms, split_priors = [], []
+        for level in range(levels - 1):
+            layers = couplings(c, "checkerboard", 3) + [Squeeze()]
+            c, h, w = 4 * c, h // 2, w // 2
+            level_transforms.append(Compose(*layers, *couplings(c, "channel", 3)))
+            split_priors.append(SplitPrior(c // 2, c - c // 2, learned_prior, n_classes))
+            c = c // 2
+        level_transforms.append(Compose(*couplings(c, "checkerboard", 4)))
+        super().__init__(preprocess, level_transforms, split_priors, TopPrior((c, h, w), learned_prior, n_classes), shape, n_bits, n_classes)
+        self.init_args = dict(
+            shape=list(shape), levels=levels, hidden=hidden, blocks=blocks, scale=scale, learned_prior=learned_prior,
+            n_classes=n_classes, n_bits=n_bits, data_range=data_range, logit_alpha=logit_alpha, normalize=normalize,
+            pad_to=pad_to,
+        )

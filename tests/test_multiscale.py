@@ -1,0 +1,246 @@
+"""Glow and RealNVP as models: exact log-likelihoods, round trips, priors, temperature, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lgm.flow import ActNorm, AffineCoupling, Glow, InvConv1x1, RealNVP, load, save
+from lgm.flow.nets import glow_net
+from lgm.flow.priors import gaussian_log_prob
+from test_transforms import randomise
+
+
+def tiny_glow(**kwargs):
+    return Glow(**{**dict(shape=(1, 4, 4), levels=2, steps=2, hidden=8, n_bits=8), **kwargs})
+
+
+def tiny_realnvp(**kwargs):
+    return RealNVP(**{**dict(shape=(3, 4, 4), levels=2, hidden=8, blocks=1, learned_prior=True), **kwargs})
+
+
+def ready(model, seed=0, std=0.1):
+    """Initialise actnorms from data, then give every parameter random values (no identity layers)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(32, *model.shape, generator=g)
+    labels = torch.randint(0, model.n_classes, (32,), generator=g) if model.n_classes else None
+    model.initialize(x, labels)
+    return randomise(model, seed=seed, std=std).double().eval()
+
+
+def brute_force_log_prob(model, x, labels=None):
+    """log p(x) = sum of the priors' log-densities of the latents + log|det d(latents)/dx| (autograd)."""
+    out = []
+    for i in range(len(x)):
+        xi = x[i : i + 1]
+        yi = labels[i : i + 1] if labels is not None else None
+
+        def flat_latents(v):
+            return torch.cat([z.reshape(-1) for z in model._encode(v.reshape(xi.shape), yi)[0]])
+
+        jac = torch.autograd.functional.jacobian(flat_latents, xi.reshape(-1))
+        latents = model._encode(xi, yi)[0]
+        h_kept = []
+        # Rebuild each split's conditioning: the kept half is what the next level received.
+        h = model.transform(xi)[0]
+        log_p = torch.zeros((), dtype=x.dtype)
+        for level, split in zip(model.levels, model.split_priors):
+            h = level(h)[0]
+            h, z = h.chunk(2, dim=1)
+            log_p = log_p + split.log_prob(z, h, yi)[0]
+            h_kept.append(h)
+        log_p = log_p + model.prior.log_prob(latents[-1], yi)[0]
+        out.append(log_p + torch.linalg.slogdet(jac).logabsdet)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: tiny_glow(),
+        lambda: tiny_glow(permutation="conv", coupling="additive", learned_prior=False),
+        lambda: tiny_glow(shape=(3, 4, 4), n_classes=3, logit_alpha=0.05, data_range="unit"),
+        lambda: tiny_realnvp(),
+        lambda: tiny_realnvp(shape=(1, 4, 4), normalize="per_pixel", learned_prior=False),
+    ],
+    ids=["glow", "glow-additive-plainconv", "glow-conditional-logit", "realnvp", "realnvp-normalized"],
+)
+def test_log_prob_matches_priors_plus_autograd_jacobian(build):
+    model = ready(build())
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, *model.shape, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    labels = torch.tensor([0, 2, 1]) if model.n_classes else None
+    torch.testing.assert_close(model.log_prob(x, labels), brute_force_log_prob(model, x, labels), rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize(
+    "build, bound",
+    [
+        (lambda: Glow(shape=(1, 28, 28), levels=2, steps=4, hidden=16), 1e-4),
+        (lambda: Glow(shape=(3, 32, 32), levels=3, steps=2, hidden=16), 1e-4),
+        (lambda: RealNVP(shape=(1, 28, 28), levels=2, hidden=16, blocks=1), 1e-4),
+    ],
+    ids=["glow-28", "glow-32", "realnvp-28"],
+)
+def test_round_trip_in_float32(build, bound):
+    """decode(encode(x)) == x within ``bound`` (max abs error) in float32, with random weights."""
+    torch.manual_seed(0)
+    model = build()
+    model.initialize(torch.rand(16, *model.shape))
+    randomise(model, std=0.05).eval()
+    x = torch.rand(4, *model.shape)
+    with torch.no_grad():
+        latents = model.encode(x)
+        assert len(latents) == len(model.levels)
+        assert (model.decode(latents) - x).abs().max() < bound
+
+
+def test_zero_initialised_glow_starts_linear():
+    """With zero-initialised coupling nets, exp scales and fresh learned priors, exactly: every coupling is
+    the identity, every prior is N(0, I), so the flow is linear and its log-det is the same for all inputs."""
+    model = tiny_glow(scale="exp", shape=(1, 8, 8)).double()
+    x = torch.rand(16, 1, 8, 8, dtype=torch.float64)
+    model.initialize(x)
+    for coupling in (m for m in model.modules() if isinstance(m, AffineCoupling)):
+        h = torch.randn(5, 2 * coupling.net[0].in_channels, 2, 2, dtype=torch.float64)
+        z, logdet = coupling(h)
+        torch.testing.assert_close(z, h, rtol=0, atol=0)
+        assert (logdet == 0).all()
+    latents = model.encode(x)
+    log_prior = sum(gaussian_log_prob(z, torch.zeros_like(z), torch.zeros_like(z)) for z in latents)
+    logdet = model.log_prob(x) - log_prior
+    torch.testing.assert_close(logdet, logdet[:1].expand_as(logdet), rtol=0, atol=1e-9)
+
+
+def test_actnorm_initialises_to_zero_mean_unit_variance_once():
+    layer = ActNorm(3)
+    x = 2 + 5 * torch.randn(256, 3, 4, 4)
+    z, _ = layer(x)
+    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
+    bias = layer.bias.detach().clone()
+    layer(torch.randn(8, 3, 4, 4))  # a second batch must not re-initialise
+    torch.testing.assert_close(layer.bias.detach(), bias, rtol=0, atol=0)
+
+    fresh = ActNorm(3)
+    fresh.load_state_dict(layer.state_dict())
+    fresh(torch.randn(8, 3, 4, 4) * 100)  # loading counts as initialised
+    torch.testing.assert_close(fresh.bias.detach(), bias, rtol=0, atol=0)
+
+
+def test_lu_and_plain_1x1_convolutions_agree():
+    lu, plain = InvConv1x1(6, lu=True, seed=4).double(), InvConv1x1(6, lu=False, seed=4).double()
+    randomise(lu, std=0.3)
+    with torch.no_grad():
+        plain.weight.copy_(lu.matrix())
+    x = torch.randn(5, 6, 3, 3, dtype=torch.float64)
+    (z1, ld1), (z2, ld2) = lu(x), plain(x)
+    torch.testing.assert_close(z1, z2)
+    torch.testing.assert_close(ld1, ld2)
+
+
+def test_orthogonal_start_and_cached_inverse_follow_the_weights():
+    conv = InvConv1x1(4, lu=True, seed=0).double()
+    w = conv.matrix()
+    torch.testing.assert_close(w @ w.T, torch.eye(4, dtype=torch.float64), atol=1e-6, rtol=0)  # made in float32
+    conv.eval()
+    z = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    first = conv.inverse(z)
+    assert conv._inverse.value is not None
+    with torch.no_grad():
+        conv.upper.add_(0.3)  # an optimiser step changes the weights in place
+    torch.testing.assert_close(conv(conv.inverse(z))[0], z)
+    assert not torch.allclose(conv.inverse(z), first)
+
+
+def test_temperature_zero_decodes_the_prior_means():
+    model = ready(tiny_glow(), std=0.05)
+    x = model.sample(3, temperature=0.0)
+    torch.testing.assert_close(x, x[:1].expand_as(x))
+    latents = model.encode(x)
+    h = latents[-1]
+    torch.testing.assert_close(h, model.prior.params(3, None)[0], atol=1e-6, rtol=0)
+    mean_of_split, _ = model.split_priors[0].params(model.levels[1].inverse(h), None)
+    torch.testing.assert_close(latents[0], mean_of_split, atol=1e-6, rtol=0)
+
+
+def test_temperature_scales_every_level():
+    # logit with alpha = 0 maps onto (0, 1), so samples are never clamped and encode recovers the latents.
+    model = ready(tiny_glow(learned_prior=False, logit_alpha=0.0, data_range="unit"), std=0.05)
+    torch.manual_seed(0)
+    z_hot = model.encode(model.sample(2000, temperature=1.0))
+    torch.manual_seed(0)
+    z_cold = model.encode(model.sample(2000, temperature=0.5))
+    for hot, cold in zip(z_hot, z_cold):
+        torch.testing.assert_close(cold, 0.5 * hot, atol=1e-4, rtol=1e-4)
+
+
+def test_class_conditional_priors_depend_on_the_label():
+    model = ready(tiny_glow(n_classes=4), std=0.2)
+    x = torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    a = model.log_prob(x, torch.tensor([0, 0]))
+    b = model.log_prob(x, torch.tensor([3, 3]))
+    assert not torch.allclose(a, b)
+    assert model.sample(5, 0.7, labels=torch.full((5,), 2)).shape == (5, 1, 4, 4)
+    with pytest.raises(ValueError, match="class-conditional .* pass labels"):
+        model.log_prob(x)
+    with pytest.raises(ValueError, match=r"labels must be .* in 0..3"):
+        model.log_prob(x, torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="not class-conditional"):
+        tiny_glow().log_prob(x.float(), torch.tensor([0, 1]))
+
+
+def test_interpolation_over_all_or_the_first_levels():
+    model = ready(tiny_glow(logit_alpha=0.0, data_range="unit"), std=0.05)  # no clamping, see above
+    xa, xb = torch.rand(2, 1, 4, 4, dtype=torch.float64), torch.rand(2, 1, 4, 4, dtype=torch.float64)
+    frames = model.interpolate(xa, xb, steps=5)
+    assert frames.shape == (5, 2, 1, 4, 4)
+    torch.testing.assert_close(frames[0], xa, atol=1e-6, rtol=0)
+    torch.testing.assert_close(frames[-1], xb, atol=1e-6, rtol=0)
+    partial_frames = model.interpolate(xa, xb, steps=3, levels=1)
+    end = model.encode(partial_frames[-1])
+    torch.testing.assert_close(end[0], model.encode(xb)[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(end[1], model.encode(xa)[1], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="levels must be between 0 and 2"):
+        model.interpolate(xa, xb, levels=3)
+
+
+def test_save_load_keeps_actnorm_state(tmp_path):
+    model = ready(tiny_glow(n_classes=2), std=0.05).float()
+    save(model, tmp_path / "glow.pt")
+    loaded = load(tmp_path / "glow.pt")
+    x, labels = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 0, 1])
+    torch.testing.assert_close(loaded.log_prob(x, labels), model.log_prob(x, labels))
+    loaded.train()
+    loaded.log_prob(torch.rand(4, 1, 4, 4) * 0.1, labels)  # a training batch must not re-initialise
+    torch.testing.assert_close(loaded.eval().log_prob(x, labels), model.log_prob(x, labels))
+
+
+def test_sides_not_divisible_name_the_fix():
+    with pytest.raises(ValueError, match=r"28x28 are not divisible by 2\^3 = 8.*pad_to"):
+        Glow(shape=(1, 28, 28), levels=3)
+    assert Glow(shape=(1, 28, 28), levels=3, steps=1, hidden=4, pad_to=32).shape == (1, 28, 28)
+
+
+def test_channel_coupling_needs_an_even_channel_count():
+    with pytest.raises(ValueError, match="needs an even count; got 3"):
+        AffineCoupling(3, glow_net, mask="channel")
+
+
+def test_sampling_before_initialisation_is_refused():
+    with pytest.raises(RuntimeError, match="ActNorm has not been initialised"):
+        tiny_glow().eval().sample(2)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"permutation": "random"}, "unknown permutation 'random'"),
+        ({"coupling": "spline"}, "coupling must be 'affine' or 'additive'"),
+        ({"scale": "relu"}, "unknown scale function 'relu'"),
+        ({"levels": 0}, "levels and steps must be at least 1"),
+    ],
+)
+def test_bad_glow_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_glow(**kwargs)
