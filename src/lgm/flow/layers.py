@@ -78,12 +78,8 @@ class ActNorm(DataInitialized):
     def initialize(self, x: Tensor) -> None:
         dims = [0, *range(2, x.dim())]
         count = torch.tensor(float(x.numel() // x.shape[1]), device=x.device, dtype=x.dtype)
-        total, total_sq = x.sum(dim=dims), x.square().sum(dim=dims)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            for t in (count, total, total_sq):
-                torch.distributed.all_reduce(t)
-        mean = total / count
-        var = (total_sq / count - mean.square()).clamp_min(0)
+        mean = _global_sum(x.sum(dim=dims)) / _global_sum(count)
+        var = _global_sum((x - self._view(mean, x)).square().sum(dim=dims)) / _global_sum(count)
         self.bias.copy_(-mean)
         self.log_scale.copy_(-0.5 * torch.log(var + 1e-6))
 
@@ -96,6 +92,14 @@ class ActNorm(DataInitialized):
     def inverse(self, z: Tensor) -> Tensor:
         self.ensure_initialized()
         return z * self._view((-self.log_scale).exp(), z) - self._view(self.bias, z)
+
+
+def _global_sum(t: Tensor) -> Tensor:
+    """``t`` summed over all ranks when ``torch.distributed`` is running, else ``t`` itself."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = t.clone()
+        torch.distributed.all_reduce(t)
+    return t
 
 
 def _orthogonal(channels: int, generator: torch.Generator | None = None) -> Tensor:
