@@ -109,7 +109,7 @@ def test_normalize_initialises_once_and_survives_save_load(tmp_path):
     model.initialize(torch.rand(128, *SHAPE) * 0.5)
     norm = model.transform.transforms[0]
     mean = norm.mean.clone()
-    model.train().log_prob(torch.rand(8, *SHAPE))  # a later batch must not re-initialise
+    model.initialize(torch.rand(8, *SHAPE))  # a later batch must not re-initialise
     torch.testing.assert_close(norm.mean, mean, rtol=0, atol=0)
     save(model, tmp_path / "m.pt")
     loaded = load(tmp_path / "m.pt")
@@ -159,6 +159,7 @@ def test_bits_per_dim_needs_an_image_model():
         ({"n_bits": 8, "data_range": "zero_one"}, "data_range must be"),
         ({"n_bits": 8, "normalize": "batch"}, "normalize must be"),
         ({"n_bits": 8, "logit_alpha": 0.6}, "alpha must be in"),
+        ({"n_bits": 8, "logit_alpha": 0.0}, r"logit_alpha must be in \(0, 0.5\)"),
     ],
 )
 def test_bad_preprocessing_options_are_named(kwargs, message):

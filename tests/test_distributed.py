@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lgm.flow import ActNorm
+from lgm.flow.base import data_initialization
 
 
 def free_port() -> int:
@@ -29,7 +30,8 @@ def init_on_rank(rank: int, world: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         layer = ActNorm(3)
-        layer(rank_batch(rank))
+        with data_initialization(layer):
+            layer(rank_batch(rank))
         torch.save({"bias": layer.bias.detach(), "log_scale": layer.log_scale.detach()}, f"{out}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -42,6 +44,7 @@ def test_actnorm_initialises_identically_on_every_rank_from_the_global_batch(tmp
     torch.testing.assert_close(r0["log_scale"], r1["log_scale"], rtol=0, atol=0)
 
     reference = ActNorm(3)
-    reference(torch.cat([rank_batch(0), rank_batch(1)]))  # one process seeing the global batch
+    with data_initialization(reference):
+        reference(torch.cat([rank_batch(0), rank_batch(1)]))  # one process seeing the global batch
     torch.testing.assert_close(r0["bias"], reference.bias.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(r0["log_scale"], reference.log_scale.detach(), rtol=1e-4, atol=1e-4)

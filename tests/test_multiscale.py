@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lgm.flow import ActNorm, AffineCoupling, Glow, InvConv1x1, RealNVP, load, save
+from lgm.flow.base import data_initialization
 from lgm.flow.nets import glow_net
 from lgm.flow.priors import gaussian_log_prob
 from test_transforms import randomise
@@ -40,7 +41,6 @@ def brute_force_log_prob(model, x, labels=None):
 
         jac = torch.autograd.functional.jacobian(flat_latents, xi.reshape(-1))
         latents = model._encode(xi, yi)[0]
-        h_kept = []
         # Rebuild each split's conditioning: the kept half is what the next level received.
         h = model.transform(xi)[0]
         log_p = torch.zeros((), dtype=x.dtype)
@@ -48,7 +48,6 @@ def brute_force_log_prob(model, x, labels=None):
             h = level(h)[0]
             h, z = h.chunk(2, dim=1)
             log_p = log_p + split.log_prob(z, h, yi)[0]
-            h_kept.append(h)
         log_p = log_p + model.prior.log_prob(latents[-1], yi)[0]
         out.append(log_p + torch.linalg.slogdet(jac).logabsdet)
     return torch.stack(out)
@@ -115,16 +114,20 @@ def test_zero_initialised_glow_starts_linear():
 def test_actnorm_initialises_to_zero_mean_unit_variance_once():
     layer = ActNorm(3)
     x = 2 + 5 * torch.randn(256, 3, 4, 4)
-    z, _ = layer(x)
-    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
-    torch.testing.assert_close(z.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
-    bias = layer.bias.detach().clone()
-    layer(torch.randn(8, 3, 4, 4))  # a second batch must not re-initialise
+    with pytest.raises(RuntimeError, match="ActNorm has not been initialised"):
+        layer(x)  # outside data_initialization, even in training mode
+    with data_initialization(layer):
+        z, _ = layer(x)
+        torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5, rtol=0)
+        torch.testing.assert_close(z.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-4, rtol=0)
+        bias = layer.bias.detach().clone()
+        layer(torch.randn(8, 3, 4, 4))  # a second batch must not re-initialise
     torch.testing.assert_close(layer.bias.detach(), bias, rtol=0, atol=0)
 
     fresh = ActNorm(3)
     fresh.load_state_dict(layer.state_dict())
-    fresh(torch.randn(8, 3, 4, 4) * 100)  # loading counts as initialised
+    with data_initialization(fresh):
+        fresh(torch.randn(8, 3, 4, 4) * 100)  # loading counts as initialised
     torch.testing.assert_close(fresh.bias.detach(), bias, rtol=0, atol=0)
 
 
@@ -165,8 +168,9 @@ def test_temperature_zero_decodes_the_prior_means():
 
 
 def test_temperature_scales_every_level():
-    # logit with alpha = 0 maps onto (0, 1), so samples are never clamped and encode recovers the latents.
-    model = ready(tiny_glow(learned_prior=False, logit_alpha=0.0, data_range="unit"), std=0.05)
+    # A logit with a tiny alpha maps onto (0, 1) but for 1e-12, so clamping never changes a sample and
+    # encode recovers the latents.
+    model = ready(tiny_glow(learned_prior=False, logit_alpha=1e-12, data_range="unit"), std=0.05)
     torch.manual_seed(0)
     z_hot = model.encode(model.sample(2000, temperature=1.0))
     torch.manual_seed(0)
@@ -184,14 +188,52 @@ def test_class_conditional_priors_depend_on_the_label():
     assert model.sample(5, 0.7, labels=torch.full((5,), 2)).shape == (5, 1, 4, 4)
     with pytest.raises(ValueError, match="class-conditional .* pass labels"):
         model.log_prob(x)
-    with pytest.raises(ValueError, match=r"labels must be .* in 0..3"):
+    with pytest.raises(ValueError, match=r"labels must lie in 0..3, got \[0, 4\]"):
         model.log_prob(x, torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match=r"integer tensor of shape \[2\]"):
+        model.log_prob(x, torch.tensor([1]))  # would broadcast silently
+    with pytest.raises(ValueError, match=r"integer tensor of shape \[2\]"):
+        model.log_prob(x, torch.tensor([1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"integer tensor of shape \[3\]"):
+        model.sample(3, labels=torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="not class-conditional"):
         tiny_glow().log_prob(x.float(), torch.tensor([0, 1]))
 
 
+def test_temperature_scales_every_level_of_learned_priors():
+    """z = mean(h) + T * std(h) * eps at every level: the standardised noise is T * eps."""
+    model = ready(tiny_glow(logit_alpha=1e-12, data_range="unit"), std=0.05)
+    assert model.prior.mean.abs().sum() > 0 and model.split_priors[0].conv.conv.weight.abs().sum() > 0
+
+    def standardised_noise(x):
+        z_fine, z_top = model.encode(x)
+        mean, log_std = model.prior.params(len(x), None)
+        h = model.levels[1].inverse(z_top)
+        split_mean, split_log_std = model.split_priors[0].params(h, None)
+        return (z_top - mean) / log_std.exp(), (z_fine - split_mean) / split_log_std.exp()
+
+    torch.manual_seed(0)
+    hot = standardised_noise(model.sample(500, temperature=1.0))
+    torch.manual_seed(0)
+    cold = standardised_noise(model.sample(500, temperature=0.6))
+    for h, c in zip(hot, cold):
+        torch.testing.assert_close(c, 0.6 * h, atol=1e-5, rtol=1e-5)
+
+
+def test_gaussian_log_prob_matches_torch_distributions():
+    z, mean, log_std = torch.randn(3, 2, 4, 4, dtype=torch.float64).unbind(0)
+    expected = torch.distributions.Normal(mean, log_std.exp()).log_prob(z).sum()
+    torch.testing.assert_close(gaussian_log_prob(z[None], mean[None], log_std[None])[0], expected)
+
+
+def test_decode_names_the_latent_shapes_it_needs():
+    model = tiny_glow()
+    with pytest.raises(ValueError, match=r"shaped \[B, \*s\] for s in \[\(2, 2, 2\), \(8, 1, 1\)\]"):
+        model.decode([torch.zeros(1, 2, 2, 2), torch.zeros(1, 4, 1, 1)])
+
+
 def test_interpolation_over_all_or_the_first_levels():
-    model = ready(tiny_glow(logit_alpha=0.0, data_range="unit"), std=0.05)  # no clamping, see above
+    model = ready(tiny_glow(logit_alpha=1e-12, data_range="unit"), std=0.05)  # no clamping, see above
     xa, xb = torch.rand(2, 1, 4, 4, dtype=torch.float64), torch.rand(2, 1, 4, 4, dtype=torch.float64)
     frames = model.interpolate(xa, xb, steps=5)
     assert frames.shape == (5, 2, 1, 4, 4)
@@ -211,8 +253,7 @@ def test_save_load_keeps_actnorm_state(tmp_path):
     loaded = load(tmp_path / "glow.pt")
     x, labels = torch.rand(4, 1, 4, 4), torch.tensor([0, 1, 0, 1])
     torch.testing.assert_close(loaded.log_prob(x, labels), model.log_prob(x, labels))
-    loaded.train()
-    loaded.log_prob(torch.rand(4, 1, 4, 4) * 0.1, labels)  # a training batch must not re-initialise
+    loaded.initialize(torch.rand(4, 1, 4, 4) * 0.1, labels)  # a no-op for a loaded model
     torch.testing.assert_close(loaded.eval().log_prob(x, labels), model.log_prob(x, labels))
 
 
@@ -227,9 +268,12 @@ def test_channel_coupling_needs_an_even_channel_count():
         AffineCoupling(3, glow_net, mask="channel")
 
 
-def test_sampling_before_initialisation_is_refused():
+@pytest.mark.parametrize("training", [False, True])
+def test_sampling_before_initialisation_is_refused_and_initialises_nothing(training):
+    model = tiny_glow().train(training)
     with pytest.raises(RuntimeError, match="ActNorm has not been initialised"):
-        tiny_glow().eval().sample(2)
+        model.sample(2)
+    assert not any(bool(m.initialized) for m in model.modules() if isinstance(m, ActNorm))
 
 
 @pytest.mark.parametrize(
@@ -239,6 +283,8 @@ def test_sampling_before_initialisation_is_refused():
         ({"coupling": "spline"}, "coupling must be 'affine' or 'additive'"),
         ({"scale": "relu"}, "unknown scale function 'relu'"),
         ({"levels": 0}, "levels and steps must be at least 1"),
+        ({"n_bits": None}, "Glow models images: set n_bits"),
+        ({"n_classes": 0}, "n_classes must be at least 1"),
     ],
 )
 def test_bad_glow_options(kwargs, message):

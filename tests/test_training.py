@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import subprocess
 import sys
@@ -11,9 +12,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 
 from lgm.data import ToyDataModule, toy
-from lgm.flow import NiceFlow, load, save
+from lgm.flow import Glow, NiceFlow, load, save
 from lgm.train import FlowModule
 from lgm.train.cli import main
 from test_images import SHARED_DATA, needs_shared_data
@@ -32,6 +34,13 @@ def test_short_training_reaches_the_banana_entropy(tmp_path):
     test_nll = trainer.test(module, datamodule=data, verbose=False)[0]["test/nll"]
     entropy = toy.Banana().entropy()
     assert test_nll - entropy < 0.05, (test_nll, entropy)
+
+
+def test_a_flow_that_cannot_be_saved_is_refused_before_training():
+    from lgm.flow import Compose, Flow, StandardGaussian
+
+    with pytest.raises(TypeError, match="records no init_args"):
+        FlowModule(Flow(Compose(), StandardGaussian((2,)), shape=(2,)))
 
 
 def test_non_finite_loss_stops_with_advice():
@@ -130,11 +139,16 @@ def test_cli_trains_an_image_flow_and_tests_it_in_bits_per_dim(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")))
-def test_every_recipe_parses(config, capsys):
+def test_every_recipe_parses_and_builds_its_model(config, capsys):
+    path = Path(__file__).parents[1] / "configs" / config
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(Path(__file__).parents[1] / "configs" / config), "--print_config"])
+        main(["fit", "--config", str(path), "--print_config"])
     assert exit_info.value.code == 0
     assert "class_path: lgm.flow" in capsys.readouterr().out
+    spec = yaml.safe_load(path.read_text())["model"]["flow"]
+    module_name, _, class_name = spec["class_path"].rpartition(".")
+    flow = getattr(importlib.import_module(module_name), class_name)(**spec["init_args"])
+    assert sum(p.numel() for p in flow.parameters()) > 0
 
 
 @needs_shared_data
@@ -160,6 +174,12 @@ def test_sample_command_draws_images_and_points(tmp_path, capsys):
     from PIL import Image
 
     assert Image.open(tmp_path / "grid.png").size == (3 * 9 + 1, 3 * 9 + 1)  # 3 x 3 tiles of 8 + 1 padding
+
+    conditional = Glow(shape=(1, 4, 4), levels=1, steps=1, hidden=4, n_classes=3)
+    conditional.initialize(torch.rand(8, 1, 4, 4), torch.arange(8) % 3)
+    save(conditional, tmp_path / "conditional.pt")
+    main(["sample", "--ckpt", str(tmp_path / "conditional.pt"), "--n", "4", "--labels", "2", "--out", str(tmp_path / "c.png")])
+    assert (tmp_path / "c.png").is_file()
 
     save(NiceFlow.toy(), tmp_path / "toy.pt")
     main(["sample", "--ckpt", str(tmp_path / "toy.pt"), "--out", str(tmp_path / "points.png")])

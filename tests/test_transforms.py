@@ -11,6 +11,7 @@ from lgm.flow import (
     ActNorm, AdditiveCoupling, AffineCoupling, ChannelPermutation, Compose, DiagonalScaling, InvConv1x1, NiceFlow,
     Reshape, SCALE_MAPS, Squeeze, mlp,
 )
+from lgm.flow.base import data_initialization
 from lgm.flow.nets import glow_net, resnet
 from lgm.flow.preprocess import Center, Logit, Normalize
 
@@ -37,8 +38,8 @@ def initialized(layer, shape=None):
     """A data-initialised layer set from a batch with a clearly non-standard mean and spread."""
     g = torch.Generator().manual_seed(5)
     shape = shape or tuple(layer.mean.shape)
-    layer.train()
-    layer(0.3 + 0.1 * torch.rand(64, *shape, generator=g))
+    with data_initialization(layer):
+        layer(0.3 + 0.1 * torch.rand(64, *shape, generator=g))
     return layer.eval()
 
 
@@ -49,9 +50,9 @@ def image_coupling(channels, mask, parity, scale="sigmoid", affine=True, net="gl
 
 
 def initialized_net(module, shape):
-    """Run one training-mode forward so the actnorms inside coupling networks initialise."""
-    module.train()
-    module(torch.rand(16, *shape, generator=torch.Generator().manual_seed(8)))
+    """Run one forward in data-initialisation mode so the actnorms inside coupling networks initialise."""
+    with data_initialization(module):
+        module(torch.rand(16, *shape, generator=torch.Generator().manual_seed(8)))
     return module.eval()
 
 

@@ -11,6 +11,8 @@ Conventions used by every transform in `lgm.flow`:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -74,34 +76,49 @@ class Reshape(Transform):
 
 
 class DataInitialized(Transform):
-    """A transform whose parameters are set from the first batch it sees (normalisation, actnorm).
+    """A transform whose parameters are set from data (normalisation, actnorm).
 
-    The flag ``initialized`` is a buffer: it is saved in checkpoints, so loading trained weights never
-    re-initialises. An uninitialised layer initialises itself on its first forward in training mode;
-    in eval mode (or when asked to invert) it refuses, since its parameters would be meaningless.
+    Initialisation happens only inside `data_initialization` (which `Flow.initialize` and training
+    use): the layer then sets itself from the first batch it sees there. The flag ``initialized``
+    is a buffer, saved in checkpoints, so loading trained weights never re-initialises. Used before
+    initialisation, the layer raises rather than compute with placeholder parameters.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("initialized", torch.tensor(False))
+        self.initializing = False
 
     def initialize(self, x: Tensor) -> None:  # pragma: no cover - abstract
         """Set the parameters from a batch ``x`` of this layer's inputs."""
         raise NotImplementedError
 
     def ensure_initialized(self, x: Tensor | None = None) -> None:
-        """Initialise from ``x`` if needed and allowed; otherwise raise a `RuntimeError` that says why."""
+        """Initialise from ``x`` inside `data_initialization`; raise a `RuntimeError` if still uninitialised."""
         if bool(self.initialized):
             return
-        if x is None or not self.training:
+        if x is None or not self.initializing:
             raise RuntimeError(
-                f"{type(self).__name__} has not been initialised from data yet, so the model cannot be used "
-                "for evaluation or sampling. Train it first (the first training batch initialises it), call "
-                "flow.initialize(batch), or load trained weights"
+                f"{type(self).__name__} has not been initialised from data yet. Call flow.initialize(batch) "
+                "(training with FlowModule does this before the first step) or load trained weights"
             )
         with torch.no_grad():
             self.initialize(x)
         self.initialized.fill_(True)
+
+
+@contextmanager
+def data_initialization(module: nn.Module) -> Iterator[None]:
+    """Within this context, uninitialised `DataInitialized` layers of ``module`` set themselves from
+    the first batch that reaches them."""
+    layers = [m for m in module.modules() if isinstance(m, DataInitialized)]
+    for layer in layers:
+        layer.initializing = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.initializing = False
 
 
 class Flow(nn.Module):
@@ -153,10 +170,18 @@ class Flow(nn.Module):
                 "pass uint8 images to bits_per_dim, or dequantise them with lgm.flow.discrete.dequantize"
             )
 
-    def check_labels(self, labels: Tensor | None) -> None:
-        """Class-conditional models need labels; the others must not be given any."""
-        if labels is not None and self.n_classes is None:
-            raise ValueError("this model is not class-conditional: do not pass labels")
+    def check_labels(self, labels: Tensor | None, batch: int) -> None:
+        """Class-conditional models need ``batch`` integer labels in ``0..n_classes-1``; others none."""
+        if self.n_classes is None:
+            if labels is not None:
+                raise ValueError("this model is not class-conditional: do not pass labels")
+            return
+        if labels is None:
+            raise ValueError(f"this model is class-conditional ({self.n_classes} classes): pass labels")
+        if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.shape != (batch,):
+            raise ValueError(f"labels must be an integer tensor of shape [{batch}], one class index per sample")
+        if labels.min() < 0 or labels.max() >= self.n_classes:
+            raise ValueError(f"labels must lie in 0..{self.n_classes - 1}, got [{labels.min().item()}, {labels.max().item()}]")
 
     def encode(self, x: Tensor) -> Tensor:
         """Map data ``[B, *shape]`` to latents."""
@@ -170,7 +195,7 @@ class Flow(nn.Module):
     def log_prob(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Log-density of ``x`` (``[B, *shape]``) in nats, shape ``[B]`` (given ``labels`` if class-conditional)."""
         self.check_input(x)
-        self.check_labels(labels)
+        self.check_labels(labels, x.shape[0])
         z, logdet = self.transform(x)
         return self.prior.log_prob(z) + logdet
 
@@ -188,7 +213,8 @@ class Flow(nn.Module):
             raise ValueError(f"dequant_samples must be at least 1, got {dequant_samples}")
         check_images(x, self.shape)
         x = reduce_bits(x, self.n_bits)
-        dtype = next((t.dtype for t in self.state_dict().values() if t.is_floating_point()), torch.float32)
+        # Dequantise in float32 at least: in bfloat16, 255 + u would round back onto the integer.
+        dtype = torch.float64 if any(p.dtype == torch.float64 for p in self.parameters()) else torch.float32
         log_px = torch.stack([self.log_prob(dequantize(x, self.n_bits, dtype), labels) for _ in range(dequant_samples)])
         log_px = torch.logsumexp(log_px, dim=0) - math.log(dequant_samples)
         dims = math.prod(self.shape)
@@ -202,7 +228,7 @@ class Flow(nn.Module):
         """
         if temperature < 0:
             raise ValueError(f"temperature must be non-negative, got {temperature}")
-        self.check_labels(labels)
+        self.check_labels(labels, n)
         return self._as_data(self.decode(self.prior.sample(n, temperature=temperature)))
 
     def _as_data(self, x: Tensor) -> Tensor:
@@ -211,12 +237,8 @@ class Flow(nn.Module):
     @torch.no_grad()
     def initialize(self, x: Tensor, labels: Tensor | None = None) -> None:
         """Initialise every data-dependent layer from the batch ``x`` (a no-op for layers already set)."""
-        was_training = self.training
-        self.train()
-        try:
+        with data_initialization(self):
             self.log_prob(x, labels)
-        finally:
-            self.train(was_training)
 
 
 def _fmt(shape: tuple[int, ...]) -> str:

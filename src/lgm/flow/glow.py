@@ -70,6 +70,8 @@ class Glow(MultiScaleFlow):
         seed: int = 0,
     ) -> None:
         shape = tuple(shape)
+        if n_bits is None:
+            raise ValueError("Glow models images: set n_bits (1 to 8)")
         if coupling not in ("affine", "additive"):
             raise ValueError(f"coupling must be 'affine' or 'additive', got {coupling!r}")
         if levels < 1 or steps < 1:
@@ -77,7 +79,7 @@ class Glow(MultiScaleFlow):
         preprocess, (c, h, w) = make_preprocessing(shape, n_bits, data_range, logit_alpha, normalize, pad_to)
         check_divisible((c, h, w), levels, levels)
         net = partial(glow_net, hidden=hidden)
-        level_transforms, split_priors = [], []
+        level_transforms, split_priors, latent_shapes = [], [], []
         for level in range(levels):
             c, h, w = 4 * c, h // 2, w // 2
             layers: list[Transform] = [Squeeze()]
@@ -90,8 +92,11 @@ class Glow(MultiScaleFlow):
             level_transforms.append(Compose(*layers))
             if level < levels - 1:
                 split_priors.append(SplitPrior(c // 2, c - c // 2, learned_prior, n_classes))
+                latent_shapes.append((c - c // 2, h, w))
                 c = c // 2
-        super().__init__(preprocess, level_transforms, split_priors, TopPrior((c, h, w), learned_prior, n_classes), shape, n_bits, n_classes)
+        latent_shapes.append((c, h, w))
+        top = TopPrior((c, h, w), learned_prior, n_classes)
+        super().__init__(preprocess, level_transforms, split_priors, top, latent_shapes, shape, n_bits, n_classes)
         self.init_args = dict(
             shape=list(shape), levels=levels, steps=steps, hidden=hidden, coupling=coupling, permutation=permutation,
             scale=scale, learned_prior=learned_prior, n_classes=n_classes, n_bits=n_bits, data_range=data_range,

@@ -81,7 +81,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> F
             f"the weights in {str(path)!r} do not fit {spec['class_path']}(**{spec['init_args']}); the file was "
             f"written by an incompatible version or edited. Details: {str(e)[:500]}"
         ) from e
-    return flow.eval()
+    return flow.to(map_location).eval()
 
 
 def _build(spec: dict) -> Flow:

@@ -26,6 +26,7 @@ class MultiScaleFlow(Flow):
             half of the channels goes on and the second half is factored out.
         split_priors: ``L - 1`` priors of the factored halves given the kept halves.
         top_prior: prior of the last level's output.
+        latent_shapes: the shape of each latent, finest first, as `encode` returns them.
         shape: shape of one data sample ``(C, H, W)``.
         n_bits: bit depth of the images (see `lgm.flow.Flow`).
         n_classes: number of classes for a class-conditional model, else ``None``.
@@ -37,22 +38,22 @@ class MultiScaleFlow(Flow):
         levels: Sequence[Transform],
         split_priors: Sequence[SplitPrior],
         top_prior: TopPrior,
+        latent_shapes: Sequence[tuple[int, ...]],
         shape: tuple[int, ...],
-        n_bits: int | None = 8,
+        n_bits: int = 8,
         n_classes: int | None = None,
     ) -> None:
-        if len(split_priors) != len(levels) - 1:
-            raise ValueError(f"{len(levels)} levels need {len(levels) - 1} split priors, got {len(split_priors)}")
+        if len(split_priors) != len(levels) - 1 or len(latent_shapes) != len(levels):
+            raise ValueError(f"{len(levels)} levels need {len(levels) - 1} split priors and {len(levels)} latent shapes")
+        if n_bits is None:
+            raise ValueError("multi-scale flows model images: set n_bits (1 to 8)")
+        if n_classes is not None and n_classes < 1:
+            raise ValueError(f"n_classes must be at least 1 (or None), got {n_classes}")
         super().__init__(Compose(*preprocess), top_prior, shape, n_bits=n_bits)
         self.levels = nn.ModuleList(levels)
         self.split_priors = nn.ModuleList(split_priors)
+        self.latent_shapes = [tuple(s) for s in latent_shapes]
         self.n_classes = n_classes
-
-    def check_labels(self, labels: Tensor | None) -> None:
-        if self.n_classes is None:
-            super().check_labels(labels)
-        elif labels is None:
-            raise ValueError(f"this model is class-conditional ({self.n_classes} classes): pass labels")
 
     def _encode(self, x: Tensor, labels: Tensor | None) -> tuple[list[Tensor], Tensor]:
         """``([z_1, ..., z_L], log p(x))``."""
@@ -70,7 +71,7 @@ class MultiScaleFlow(Flow):
 
     def log_prob(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         self.check_input(x)
-        self.check_labels(labels)
+        self.check_labels(labels, x.shape[0])
         return self._encode(x, labels)[1]
 
     def encode(self, x: Tensor) -> list[Tensor]:
@@ -81,8 +82,12 @@ class MultiScaleFlow(Flow):
 
     def decode(self, latents: Sequence[Tensor]) -> Tensor:
         """The latents of every level (as `encode` returns them) -> data."""
-        if len(latents) != len(self.levels):
-            raise ValueError(f"decode needs {len(self.levels)} latents (one per level), got {len(latents)}")
+        given = [tuple(z.shape[1:]) for z in latents]
+        if given != self.latent_shapes or len({z.shape[0] for z in latents}) != 1:
+            raise ValueError(
+                f"decode needs one latent per level, shaped [B, *s] for s in {self.latent_shapes} (as encode "
+                f"returns them), got shapes {[list(z.shape) for z in latents]}"
+            )
         h = latents[-1]
         for i in reversed(range(len(self.levels))):
             if i < len(self.split_priors):
@@ -97,7 +102,7 @@ class MultiScaleFlow(Flow):
         """
         if temperature < 0:
             raise ValueError(f"temperature must be non-negative, got {temperature}")
-        self.check_labels(labels)
+        self.check_labels(labels, n)
         h = self.prior.sample(n, temperature, labels)
         for i in reversed(range(len(self.levels))):
             if i < len(self.split_priors):

@@ -137,6 +137,9 @@ def make_preprocessing(
         raise ValueError(f"data_range must be 'unit' ([0, 1]) or 'centered' ([-0.5, 0.5]), got {data_range!r}")
     if logit_alpha is not None and data_range != "unit":
         raise ValueError("the logit transform maps [0, 1] to the real line: use it with data_range='unit'")
+    if logit_alpha is not None and not 0 < logit_alpha < 0.5:
+        # alpha = 0 sends a dequantised value of exactly 0 (probability 2^-24 per value) to -inf.
+        raise ValueError(f"logit_alpha must be in (0, 0.5) (RealNVP: 0.05, or 1e-6 for MNIST), got {logit_alpha}")
     layers: list[Transform] = []
     if pad_to is not None:
         if len(shape) != 3:

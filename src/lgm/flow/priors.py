@@ -86,10 +86,7 @@ class _ClassBias(nn.Module):
         nn.init.zeros_(self.embedding.weight)
 
     def forward(self, labels: Tensor) -> tuple[Tensor, Tensor]:
-        if labels is None:
-            raise ValueError(f"this model is class-conditional ({self.n_classes} classes): pass labels")
-        if labels.dim() != 1 or labels.min() < 0 or labels.max() >= self.n_classes:
-            raise ValueError(f"labels must be a 1-D tensor of class indices in 0..{self.n_classes - 1}")
+        """``labels`` ``int64 [B]`` -> mean and log-std offsets ``[B, C, 1, 1]`` (checked by `lgm.flow.Flow`)."""
         mean, log_std = self.embedding(labels).chunk(2, dim=1)
         return mean[:, :, None, None], log_std[:, :, None, None]
 

@@ -51,6 +51,8 @@ class RealNVP(MultiScaleFlow):
         pad_to: int | None = None,
     ) -> None:
         shape = tuple(shape)
+        if n_bits is None:
+            raise ValueError("RealNVP models images: set n_bits (1 to 8)")
         if levels < 1:
             raise ValueError(f"levels must be at least 1, got {levels}")
         preprocess, (c, h, w) = make_preprocessing(shape, n_bits, data_range, logit_alpha, normalize, pad_to)
@@ -63,15 +65,18 @@ class RealNVP(MultiScaleFlow):
                 layers += [AffineCoupling(channels, net, mask=mask, parity=parity % 2, scale=scale), ActNorm(channels)]
             return layers
 
-        level_transforms, split_priors = [], []
+        level_transforms, split_priors, latent_shapes = [], [], []
         for level in range(levels - 1):
             layers = couplings(c, "checkerboard", 3) + [Squeeze()]
             c, h, w = 4 * c, h // 2, w // 2
             level_transforms.append(Compose(*layers, *couplings(c, "channel", 3)))
             split_priors.append(SplitPrior(c // 2, c - c // 2, learned_prior, n_classes))
+            latent_shapes.append((c - c // 2, h, w))
             c = c // 2
         level_transforms.append(Compose(*couplings(c, "checkerboard", 4)))
-        super().__init__(preprocess, level_transforms, split_priors, TopPrior((c, h, w), learned_prior, n_classes), shape, n_bits, n_classes)
+        latent_shapes.append((c, h, w))
+        top = TopPrior((c, h, w), learned_prior, n_classes)
+        super().__init__(preprocess, level_transforms, split_priors, top, latent_shapes, shape, n_bits, n_classes)
         self.init_args = dict(
             shape=list(shape), levels=levels, hidden=hidden, blocks=blocks, scale=scale, learned_prior=learned_prior,
             n_classes=n_classes, n_bits=n_bits, data_range=data_range, logit_alpha=logit_alpha, normalize=normalize,

@@ -37,6 +37,7 @@ class FlowModule(L.LightningModule):
         self, flow: Flow, lr: float = 1e-3, weight_decay: float = 0.0, dequant_samples: int = 1, init_samples: int = 1024
     ) -> None:
         super().__init__()
+        flow_spec(flow)  # fail now, not at the first checkpoint, if the flow cannot be saved
         self.flow = flow
         self.save_hyperparameters(ignore=["flow"])
 
@@ -69,11 +70,11 @@ class FlowModule(L.LightningModule):
 
     def validation_step(self, batch: Tensor | tuple[Tensor, Tensor], batch_idx: int) -> None:
         loss = self._loss(batch, self.hparams.dequant_samples).mean()
-        self.log(f"val/{self.metric}", loss, prog_bar=True)
-        self.log("val/loss", loss)
+        self.log(f"val/{self.metric}", loss, prog_bar=True, sync_dist=True)
+        self.log("val/loss", loss, sync_dist=True)
 
     def test_step(self, batch: Tensor | tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.log(f"test/{self.metric}", self._loss(batch, self.hparams.dequant_samples).mean())
+        self.log(f"test/{self.metric}", self._loss(batch, self.hparams.dequant_samples).mean(), sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
@@ -85,6 +86,11 @@ class FlowModule(L.LightningModule):
 
     def _initialization_batch(self) -> tuple[Tensor, Tensor | None]:
         """``init_samples`` training samples (dequantised for image flows) and their labels, on the model's device."""
+        if self.trainer.datamodule is None:
+            raise RuntimeError(
+                "this flow has data-dependent layers: train it with a data module (trainer.fit(module, datamodule=...)) "
+                "or call flow.initialize(batch) before trainer.fit"
+            )
         xs, ys, count = [], [], 0
         for batch in self.trainer.datamodule.train_dataloader():
             x, labels = self._split(batch)

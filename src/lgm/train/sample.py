@@ -23,6 +23,9 @@ def sample_main(argv: list[str]) -> Path:
     parser.add_argument("--temperature", type=float, default=1.0, help="prior temperature (default 1.0)")
     parser.add_argument("--out", default="samples.png", help="output picture (default samples.png)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior noise (default 0)")
+    parser.add_argument(
+        "--labels", type=int, nargs="+", help="classes to sample, for class-conditional models (default: all, in turn)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     args = parser.parse_args(argv)
     if args.n < 1:
@@ -32,9 +35,18 @@ def sample_main(argv: list[str]) -> Path:
         flow = load(args.ckpt, map_location=args.device)
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
+    labels = None
+    if flow.n_classes:
+        wanted = torch.tensor(args.labels or list(range(flow.n_classes)))
+        labels = wanted.repeat((args.n + len(wanted) - 1) // len(wanted))[: args.n].to(args.device)
+    elif args.labels:
+        parser.error("--labels needs a class-conditional model; this one is not")
     torch.manual_seed(args.seed)
-    with torch.no_grad():
-        x = flow.sample(args.n, temperature=args.temperature).cpu()
+    try:
+        with torch.no_grad():
+            x = flow.sample(args.n, temperature=args.temperature, labels=labels).cpu()
+    except ValueError as e:
+        parser.error(str(e))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if flow.n_bits is not None:
