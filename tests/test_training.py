@@ -136,6 +136,8 @@ def test_cli_trains_an_image_flow_and_tests_it_in_bits_per_dim(tmp_path, monkeyp
     assert bool(flow.transform.transforms[1].initialized), "the normalisation statistics were not saved"
     main(["test", *DIGITS, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
     assert "test/bpd" in capsys.readouterr().out
+    main(["validate", *DIGITS, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert "val/bpd" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")))
