@@ -140,6 +140,22 @@ def test_cli_trains_an_image_flow_and_tests_it_in_bits_per_dim(tmp_path, monkeyp
     assert "val/bpd" in capsys.readouterr().out
 
 
+def test_command_line_options_win_over_those_saved_in_the_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", *DIGITS, "--trainer.max_epochs", "1"])  # trained with --model.dequant_samples 3
+    seen = []
+    original = FlowModule._loss
+
+    def spy(self, batch, dequant_samples=1):
+        seen.append(dequant_samples)
+        return original(self, batch, dequant_samples)
+
+    monkeypatch.setattr(FlowModule, "_loss", spy)
+    last = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    main(["test", *DIGITS, "--model.dequant_samples", "5", "--ckpt_path", str(last)])
+    assert seen and set(seen) == {5}
+
+
 @pytest.mark.parametrize("config", sorted(p.name for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")))
 def test_every_recipe_parses_and_builds_its_model(config, capsys):
     path = Path(__file__).parents[1] / "configs" / config

@@ -39,7 +39,11 @@ class FlowModule(L.LightningModule):
         super().__init__()
         flow_spec(flow)  # fail now, not at the first checkpoint, if the flow cannot be saved
         self.flow = flow
-        self.save_hyperparameters(ignore=["flow"])
+        # Plain attributes, not save_hyperparameters(): Lightning's CLI would let hyperparameters saved in
+        # a checkpoint override the command line (e.g. --model.dequant_samples for a test). The run's
+        # config.yaml records them instead.
+        self.lr, self.weight_decay = lr, weight_decay
+        self.dequant_samples, self.init_samples = dequant_samples, init_samples
 
     @property
     def metric(self) -> str:
@@ -69,15 +73,15 @@ class FlowModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: Tensor | tuple[Tensor, Tensor], batch_idx: int) -> None:
-        loss = self._loss(batch, self.hparams.dequant_samples).mean()
+        loss = self._loss(batch, self.dequant_samples).mean()
         self.log(f"val/{self.metric}", loss, prog_bar=True, sync_dist=True)
         self.log("val/loss", loss, sync_dist=True)
 
     def test_step(self, batch: Tensor | tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.log(f"test/{self.metric}", self._loss(batch, self.hparams.dequant_samples).mean(), sync_dist=True)
+        self.log(f"test/{self.metric}", self._loss(batch, self.dequant_samples).mean(), sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
     def on_fit_start(self) -> None:
         layers = [m for m in self.flow.modules() if isinstance(m, DataInitialized)]
@@ -97,9 +101,9 @@ class FlowModule(L.LightningModule):
             xs.append(x)
             ys.append(labels)
             count += len(x)
-            if count >= self.hparams.init_samples:
+            if count >= self.init_samples:
                 break
-        n = self.hparams.init_samples
+        n = self.init_samples
         x = torch.cat(xs)[:n].to(self.device)
         labels = torch.cat(ys)[:n].to(self.device) if self.flow.n_classes else None
         if self.flow.n_bits is not None:
