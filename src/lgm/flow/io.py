@@ -43,12 +43,17 @@ def save(flow: Flow, path: str | os.PathLike) -> None:
         "lgm_flow": flow_spec(flow),
         "state_dict": {STATE_PREFIX + k: v for k, v in flow.state_dict().items()},
     }
+    atomic_save(payload, path)
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """``torch.save(obj)`` to ``path`` through a temporary file renamed into place: never a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+            torch.save(obj, f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

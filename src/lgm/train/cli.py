@@ -1,5 +1,6 @@
 """The ``lgm-flow`` command: Lightning's CLI (``fit``, ``validate``, ``test``) with YAML configs,
-and ``lgm-flow sample --ckpt PATH`` (see `lgm.train.sample`).
+``lgm-flow sample --ckpt PATH`` (see `lgm.train.sample`), ``lgm-flow evaluate`` (see
+`lgm.evaluate.cli`) and ``lgm-flow classifier fit|test`` (see `lgm.evaluate.classifier_cli`).
 
 ``lgm-flow fit`` with no config trains NICE on the 2-D banana (generated in memory, no download).
 ``lgm-flow fit --config configs/nice_banana.yaml --model.lr 3e-3`` reads a recipe and overrides it.
@@ -62,6 +63,16 @@ def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
     if argv[:1] == ["sample"]:
         sample_main(argv[1:])
+        return
+    if argv[:1] == ["evaluate"]:
+        from lgm.evaluate.cli import evaluate_main
+
+        evaluate_main(argv[1:])
+        return
+    if argv[:1] == ["classifier"]:
+        from lgm.evaluate.classifier_cli import classifier_main
+
+        classifier_main(argv[1:])
         return
     FlowCLI(
         FlowModule,

@@ -1,0 +1,236 @@
+"""The evaluation report of an image flow (or of a reference image set): metrics as JSON, figures beside it.
+
+`evaluate` draws the images to score (samples of a flow at one temperature, or a baseline set),
+computes the metrics asked for in each feature protocol against a cached real reference set of
+the same size, and for flows also bits/dim, likelihood diagnostics and figures.
+
+Metric names: ``bpd`` (test bits/dim); classifier protocol ``fid``, ``kid``, ``is``, ``pr``;
+Inception protocol ``inception_fid``, ``inception_kid``, ``inception_pr`` (on ``inception_n`` images).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from lgm.data.images import load_images
+from lgm.evaluate.baselines import PixelGaussian
+from lgm.evaluate.diagnostics import (
+    chi_log_pdf,
+    chi_mean,
+    corrupted_likelihoods,
+    gaussian_noise,
+    mean_bits_per_dim,
+    prior_is_gaussian,
+    standardized_latents,
+    to_data,
+)
+from lgm.evaluate.features import get_protocol, real_images
+from lgm.evaluate.quality import QUALITY_METRICS, generate, quality_metrics, reference_features
+from lgm.flow.base import Flow
+from lgm.flow.discrete import dequantize, reduce_bits
+from lgm.flow.io import flow_spec, load
+from lgm.flow.multiscale import MultiScaleFlow
+from lgm.flow.nice import NiceFlow
+from lgm.viz.images import plot_corruption, plot_image_panels, plot_interpolations, plot_latent_norms, plot_scales
+
+METRICS = ("bpd", *QUALITY_METRICS, *(f"inception_{m}" for m in ("fid", "kid", "pr")))
+BASELINES = ("test", "noisy_test", "gaussian")
+
+
+@dataclass
+class EvalSettings:
+    """What `evaluate` does; see ``lgm-flow evaluate --help`` for each field."""
+
+    data: str
+    metrics: tuple[str, ...] = ("bpd", "fid", "kid", "is", "pr")
+    n_samples: int = 10_000
+    inception_n: int = 1_000
+    temperature: float = 1.0
+    seed: int = 0
+    reference: str = "train"
+    bpd_images: int | None = None
+    noise: float = 0.02
+    figures: bool = True
+    data_dir: str | None = None
+    classifier_weights: str | None = None
+    figure_temperatures: tuple[float, ...] = field(default=(0.0, 0.5, 0.7, 0.85, 1.0))
+
+    def check(self) -> None:
+        unknown = [m for m in self.metrics if m not in METRICS]
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; choose among {', '.join(METRICS)}")
+        if self.n_samples < 10 or self.inception_n < 10:
+            raise ValueError(f"n_samples and inception_n must be at least 10, got {self.n_samples} and {self.inception_n}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be non-negative, got {self.temperature}")
+        if self.reference not in ("train", "test"):
+            raise ValueError(f"reference must be 'train' or 'test', got {self.reference!r}")
+
+
+def _protocol_metrics(settings: EvalSettings, images_for, protocol_name: str, wanted: list[str], n: int) -> dict:
+    """Metrics of one protocol: ``images_for(n)`` gives the uint8 images to score."""
+    protocol = get_protocol(protocol_name, settings.data, settings.classifier_weights)
+    reference = reference_features(protocol, settings.data, settings.reference, n, settings.data_dir)
+    images, cache_as = images_for(n)
+    values = quality_metrics(images, protocol, reference, tuple(wanted), settings.seed, cache_as)
+    return {"protocol": protocol.identity, "n_generated": len(images), "n_reference": len(reference), **values}
+
+
+def evaluate(out: str | Path, settings: EvalSettings, ckpt: str | Path | None = None, baseline: str | None = None) -> dict:
+    """Evaluate a flow checkpoint (``ckpt``) or a baseline image set; write ``out`` (JSON) and figures beside it."""
+    settings.check()
+    if (ckpt is None) == (baseline is None):
+        raise ValueError("evaluate needs exactly one of a checkpoint (--ckpt) and a baseline (--baseline)")
+    start = time.time()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arrays = load_images(settings.data, settings.data_dir)
+    report: dict = {"data": {"name": settings.data, "reference_split": settings.reference,
+                             "train_images": len(arrays.x_train), "test_images": len(arrays.x_test)},
+                    "settings": {k: v for k, v in asdict(settings).items() if k not in ("data", "data_dir")}}
+    flow = None
+    if ckpt is not None:
+        flow = load(ckpt)
+        if flow.n_bits is None or tuple(flow.shape) != tuple(arrays.x_test.shape[1:]):
+            raise ValueError(f"the model takes data of shape {list(flow.shape)}, but {settings.data} images are {list(arrays.x_test.shape[1:])}")
+        report["model"] = {"checkpoint": str(ckpt), "sha256": hashlib.sha256(Path(ckpt).read_bytes()).hexdigest(),
+                           **flow_spec(flow), "parameters": sum(p.numel() for p in flow.parameters())}
+        samples_of = _flow_images(flow, settings)
+    else:
+        if baseline not in BASELINES:
+            raise ValueError(f"unknown baseline {baseline!r}; choose among {', '.join(BASELINES)}")
+        report["model"] = {"baseline": baseline}
+        samples_of = _baseline_images(baseline, settings, arrays.x_train)
+
+    metrics: dict = {}
+    if "bpd" in settings.metrics:
+        metrics["bpd"] = _bits_per_dim(flow, arrays, settings, baseline)
+    for protocol, names in (("classifier", list(QUALITY_METRICS)), ("inception", [f"inception_{m}" for m in ("fid", "kid", "pr")])):
+        wanted = [m.removeprefix("inception_") for m in names if m in settings.metrics]
+        if wanted:
+            n = settings.n_samples if protocol == "classifier" else settings.inception_n
+            metrics[protocol] = _protocol_metrics(settings, samples_of, protocol, wanted, n)
+    report["metrics"] = metrics
+    if flow is not None and settings.figures:
+        report["diagnostics"], report["figures"] = _flow_figures(flow, arrays, settings, out)
+    report["wall_time_s"] = round(time.time() - start, 1)
+    out.write_text(_json(report))
+    return report
+
+
+def _flow_images(flow: Flow, settings: EvalSettings):
+    cache: dict[int, Tensor] = {}
+
+    def images_for(n: int):
+        # One sample set serves every protocol: the Inception protocol scores its first n.
+        if not cache or max(cache) < n:
+            cache.clear()
+            cache[n] = generate(flow, max(n, settings.n_samples), settings.temperature, settings.seed)
+        return cache[max(cache)][:n], None
+
+    return images_for
+
+
+def _baseline_images(baseline: str, settings: EvalSettings, x_train: Tensor):
+    def images_for(n: int):
+        if baseline == "gaussian":
+            return PixelGaussian(x_train).sample(n, torch.Generator().manual_seed(settings.seed)), None
+        test = real_images(settings.data, "test", n, settings.data_dir, seed=0)
+        if baseline == "test":
+            return test, {"data": settings.data, "split": "test", "n": n, "subset_seed": 0}
+        return gaussian_noise(test, settings.noise, torch.Generator().manual_seed(settings.seed)), None
+
+    return images_for
+
+
+def _bits_per_dim(flow: Flow | None, arrays, settings: EvalSettings, baseline: str | None) -> dict | None:
+    x, y = arrays.x_test, arrays.y_test
+    if settings.bpd_images:
+        x, y = x[: settings.bpd_images], y[: settings.bpd_images]
+    if flow is not None:
+        torch.manual_seed(settings.seed)
+        mean, se = mean_bits_per_dim(flow, x, y if flow.n_classes else None, desc="test bits/dim")
+        return {"value": mean, "stderr": se, "images": len(x), "bound": "uniform dequantisation, 1 sample"}
+    if baseline == "gaussian":
+        v = PixelGaussian(arrays.x_train).bits_per_dim(x)
+        return {"value": v.mean().item(), "stderr": (v.std() / math.sqrt(len(v))).item(), "images": len(x), "bound": "exact"}
+    return None
+
+
+@torch.no_grad()
+def _flow_figures(flow: Flow, arrays, settings: EvalSettings, out: Path) -> tuple[dict, dict]:
+    stem = out.with_suffix("")
+    figures: dict[str, str] = {}
+    diagnostics: dict = {}
+
+    def path(name: str) -> str:
+        figures[name] = str(stem) + f"_{name}.png"
+        return figures[name]
+
+    g = torch.Generator().manual_seed(settings.seed)
+    pick = torch.randperm(len(arrays.x_test), generator=g)
+    x_show, y_show = arrays.x_test[pick[:64]], arrays.y_test[pick[:64]]
+    labels = y_show if flow.n_classes else None
+    torch.manual_seed(settings.seed)
+    panels = [(f"T = {t}", generate(flow, 36, t, settings.seed)) for t in settings.figure_temperatures]
+    plot_image_panels(path("samples_temperatures"), panels, size=3)
+    plot_image_panels(path("real_vs_generated"), [
+        (f"real ({settings.data} test)", x_show),
+        (f"generated (T = {settings.temperature})", generate(flow, 64, settings.temperature, settings.seed)),
+    ])
+
+    x = to_data(x_show)
+    z = flow.encode(x)
+    back = flow.decode(z)
+    diagnostics["reconstruction_max_abs_error"] = (back - x).abs().max().item()
+    plot_image_panels(path("reconstructions"), [("test images", x[:32]), ("decode(encode(x))", back[:32].clamp(0, 1))], nrow=8)
+
+    xa, xb = x[:6], x[6:12]
+    if isinstance(flow, MultiScaleFlow):
+        for k in range(1, len(flow.latent_shapes) + 1):
+            name = "interpolation" if k == len(flow.latent_shapes) else f"interpolation_levels{k}"
+            what = "all levels" if k == len(flow.latent_shapes) else f"the first {k} (finest) latent(s) only"
+            plot_interpolations(path(name), flow.interpolate(xa, xb, steps=9, levels=k), f"latent interpolation, {what}")
+    else:
+        za, zb = flow.encode(xa), flow.encode(xb)
+        frames = torch.stack([flow.decode(za + t * (zb - za)).clamp(0, 1) for t in torch.linspace(0, 1, 9).tolist()])
+        plot_interpolations(path("interpolation"), frames, "latent interpolation")
+
+    n_norm = min(2000, len(arrays.x_test))
+    # Dequantised as in training: under a perfect model these latents follow the prior exactly.
+    eps = torch.cat([standardized_latents(flow, dequantize(reduce_bits(arrays.x_test[i : i + 500], flow.n_bits), flow.n_bits),
+                                          arrays.y_test[i : i + 500] if flow.n_classes else None)
+                     for i in range(0, n_norm, 500)])
+    norms, dof = eps.norm(dim=1), eps.shape[1]
+    diagnostics["latent_norms"] = {"test_mean": norms.mean().item(), "dimensions": dof}
+    if prior_is_gaussian(flow):
+        diagnostics["latent_norms"]["chi_mean"] = chi_mean(dof)
+        plot_latent_norms(path("latent_norms"), norms, dof, log_pdf=lambda r: chi_log_pdf(r, dof))
+    else:
+        reference = flow.prior.sample(n_norm).flatten(1).norm(dim=1)
+        diagnostics["latent_norms"]["prior_sample_mean"] = reference.mean().item()
+        plot_latent_norms(path("latent_norms"), norms, dof, reference=reference)
+
+    if isinstance(flow, NiceFlow):
+        log_scale = flow.scaling.log_scale().detach().cpu()
+        side = math.isqrt(len(log_scale) // flow.shape[0])
+        plot_scales(path("nice_scales"), log_scale.reshape(flow.shape[0], side, side)[0], "NICE log-scales per dimension")
+
+    x_corrupt, y_corrupt = arrays.x_test[pick[:500]], arrays.y_test[pick[:500]]
+    torch.manual_seed(settings.seed)
+    curves = corrupted_likelihoods(flow, x_corrupt, y_corrupt if flow.n_classes else None, seed=settings.seed)
+    diagnostics["corruption"] = {**curves, "images": len(x_corrupt)}
+    plot_corruption(path("corruption"), curves)
+    return diagnostics, figures
+
+
+def _json(report: dict) -> str:
+    return json.dumps(report, indent=2, default=str) + "\n"
