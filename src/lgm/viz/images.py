@@ -26,7 +26,7 @@ def grid_image(images: Tensor, nrow: int | None = None) -> Tensor:
 
 def _show(ax, images: Tensor, title: str, nrow: int | None = None) -> None:
     grid = grid_image(images, nrow)
-    ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow((grid.squeeze(-1) if grid.shape[-1] == 1 else grid).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
 
