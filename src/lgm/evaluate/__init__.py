@@ -1,5 +1,28 @@
-"""Evaluation of trained flows."""
+"""Evaluation of trained flows: 2-D density diagnostics, sample quality (FID, KID, IS, precision/recall
+in a classifier's or Inception's feature space), likelihood diagnostics, and the `evaluate` report."""
 
+from lgm.evaluate.baselines import PixelGaussian
+from lgm.evaluate.classifier import Classifier, classifier_for, load_classifier
 from lgm.evaluate.density import grid_log_prob, integrate_density, kl_to_truth
+from lgm.evaluate.features import classifier_protocol, extract_features, inception_protocol
+from lgm.evaluate.metrics import fid, inception_score, kid, precision_recall
+from lgm.evaluate.report import EvalSettings, evaluate
 
-__all__ = ["grid_log_prob", "integrate_density", "kl_to_truth"]
+__all__ = [
+    "Classifier",
+    "EvalSettings",
+    "PixelGaussian",
+    "classifier_for",
+    "classifier_protocol",
+    "evaluate",
+    "extract_features",
+    "fid",
+    "grid_log_prob",
+    "inception_protocol",
+    "inception_score",
+    "integrate_density",
+    "kid",
+    "kl_to_truth",
+    "load_classifier",
+    "precision_recall",
+]

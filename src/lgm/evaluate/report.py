@@ -32,7 +32,7 @@ from lgm.evaluate.diagnostics import (
     standardized_latents,
     to_data,
 )
-from lgm.evaluate.features import get_protocol, real_images
+from lgm.evaluate.features import Protocol, get_protocol, real_images
 from lgm.evaluate.quality import QUALITY_METRICS, generate, quality_metrics, reference_features
 from lgm.flow.base import Flow
 from lgm.flow.discrete import dequantize, reduce_bits
@@ -75,9 +75,8 @@ class EvalSettings:
             raise ValueError(f"reference must be 'train' or 'test', got {self.reference!r}")
 
 
-def _protocol_metrics(settings: EvalSettings, images_for, protocol_name: str, wanted: list[str], n: int) -> dict:
+def _protocol_metrics(settings: EvalSettings, images_for, protocol: Protocol, wanted: list[str], n: int) -> dict:
     """Metrics of one protocol: ``images_for(n)`` gives the uint8 images to score."""
-    protocol = get_protocol(protocol_name, settings.data, settings.classifier_weights)
     reference = reference_features(protocol, settings.data, settings.reference, n, settings.data_dir)
     images, cache_as = images_for(n)
     values = quality_metrics(images, protocol, reference, tuple(wanted), settings.seed, cache_as)
@@ -94,7 +93,8 @@ def evaluate(out: str | Path, settings: EvalSettings, ckpt: str | Path | None = 
     out.parent.mkdir(parents=True, exist_ok=True)
     arrays = load_images(settings.data, settings.data_dir)
     report: dict = {"data": {"name": settings.data, "reference_split": settings.reference,
-                             "train_images": len(arrays.x_train), "test_images": len(arrays.x_test)},
+                             "train_images": len(arrays.x_train), "test_images": len(arrays.x_test),
+                             "test_sha256": hashlib.sha256(arrays.x_test.numpy().tobytes()).hexdigest()},
                     "settings": {k: v for k, v in asdict(settings).items() if k not in ("data", "data_dir")}}
     flow = None
     if ckpt is not None:
@@ -110,14 +110,18 @@ def evaluate(out: str | Path, settings: EvalSettings, ckpt: str | Path | None = 
         report["model"] = {"baseline": baseline}
         samples_of = _baseline_images(baseline, settings, arrays.x_train)
 
+    # Protocols first: a missing extra or classifier should fail before any long computation.
+    requested = {
+        "classifier": [m for m in QUALITY_METRICS if m in settings.metrics],
+        "inception": [m for m in QUALITY_METRICS if f"inception_{m}" in settings.metrics],
+    }
+    protocols = {name: get_protocol(name, settings.data, settings.classifier_weights) for name, wanted in requested.items() if wanted}
     metrics: dict = {}
     if "bpd" in settings.metrics:
         metrics["bpd"] = _bits_per_dim(flow, arrays, settings, baseline)
-    for protocol, names in (("classifier", list(QUALITY_METRICS)), ("inception", [f"inception_{m}" for m in ("fid", "kid", "pr")])):
-        wanted = [m.removeprefix("inception_") for m in names if m in settings.metrics]
-        if wanted:
-            n = settings.n_samples if protocol == "classifier" else settings.inception_n
-            metrics[protocol] = _protocol_metrics(settings, samples_of, protocol, wanted, n)
+    for name, protocol in protocols.items():
+        n = settings.n_samples if name == "classifier" else settings.inception_n
+        metrics[name] = _protocol_metrics(settings, samples_of, protocol, requested[name], n)
     report["metrics"] = metrics
     if flow is not None and settings.figures:
         report["diagnostics"], report["figures"] = _flow_figures(flow, arrays, settings, out)
