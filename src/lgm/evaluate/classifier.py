@@ -28,11 +28,11 @@ FEATURE_DIM = 256
 # SHA-256 of the shipped weight files, checked by `load_classifier` before they are read, and the
 # test-set accuracy each reached (all 10,000 test images; see the README for the commands).
 SHIPPED_WEIGHTS = {
-    "mnist": "",
+    "mnist": "78646215dba8e9a8239e7f89a62fa4fedda1413703546e20c20f9618f20cd9ae",
     "fashion_mnist": "",
 }
 SHIPPED_TEST_ACCURACY = {
-    "mnist": 0.0,
+    "mnist": 0.9955,
     "fashion_mnist": 0.0,
 }
 
