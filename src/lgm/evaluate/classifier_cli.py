@@ -52,7 +52,7 @@ def classifier_main(argv: list[str]) -> dict:
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
     x, y = arrays.x_test, arrays.y_test
-    if getattr(args, "n", None):
+    if args.command == "test" and args.n:
         x, y = x[: args.n], y[: args.n]
     result.update(test_images=len(x), test_accuracy=accuracy(model, x, y, progress=True))
     print(json.dumps(result, indent=2))
