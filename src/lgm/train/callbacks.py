@@ -11,6 +11,7 @@ import torch
 from torchvision.utils import save_image
 
 from lgm.evaluate.density import kl_to_truth
+from lgm.train.ema import FlowEMA
 from lgm.viz.density import plot_density_comparison, plot_samples
 
 
@@ -78,7 +79,8 @@ class ToyDiagnostics(L.Callback):
 
 
 class SampleGrid(L.Callback):
-    """For image flows, save grids of samples at several temperatures after every training epoch.
+    """For image flows, save grids of samples at several temperatures after every training epoch
+    (from the weight average when `lgm.train.FlowEMA` keeps one).
 
     Writes ``figures/samples_t{T}.png`` (one per temperature, overwritten each epoch, so the latest
     is always there). Class-conditional models cycle through the classes. Does nothing for
@@ -96,7 +98,8 @@ class SampleGrid(L.Callback):
         self.seed = seed
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        flow = pl_module.flow
+        averages = [cb.average_flow for cb in trainer.callbacks if isinstance(cb, FlowEMA) and cb.average_flow is not None]
+        flow = averages[0] if averages else pl_module.flow
         if flow.n_bits is None or not trainer.is_global_zero:
             return
         figures = Path(trainer.log_dir or trainer.default_root_dir) / "figures"

@@ -15,6 +15,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lgm.train.callbacks import SampleGrid, ToyDiagnostics
+from lgm.train.ema import FlowEMA
+from lgm.train.guard import TrainingDiverged
 from lgm.train.module import FlowModule
 from lgm.train.sample import sample_main
 
@@ -32,6 +34,8 @@ def default_trainer(run_version: str) -> dict:
     return {
         "max_epochs": 40,
         "default_root_dir": "runs",
+        # `lgm.data.InMemoryBatches` shards batches across ranks itself, and resumes mid-epoch.
+        "use_distributed_sampler": False,
         "logger": [
             {"class_path": "lgm.train.loggers.ResumableCSVLogger", "init_args": logger_args},
             {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": logger_args},
@@ -43,17 +47,27 @@ class FlowCLI(LightningCLI):
     """Adds what every run gets: checkpoints (last, and best by ``val/loss``), 2-D diagnostics, sample grids."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Two checkpoint callbacks share `last.ckpt` (no version counter, so both overwrite the one file):
+        # `checkpoint` after every validation (and the best by val/loss), `periodic_checkpoint` every N
+        # steps within epochs. Lightning writes each file atomically.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "periodic_checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-epoch{epoch}-step{step}",
                 "checkpoint.auto_insert_metric_name": False,
+                "checkpoint.enable_version_counter": False,
+                "periodic_checkpoint.every_n_train_steps": 500,
+                "periodic_checkpoint.save_top_k": 0,
+                "periodic_checkpoint.save_last": True,
+                "periodic_checkpoint.enable_version_counter": False,
                 "model.flow": DEFAULT_FLOW,
                 "data": DEFAULT_DATA,
             }
         )
+        parser.add_lightning_class_args(FlowEMA, "ema")
         parser.add_lightning_class_args(ToyDiagnostics, "toy_diagnostics")
         parser.add_lightning_class_args(SampleGrid, "sample_grid")
 
@@ -63,6 +77,13 @@ def main(args: list[str] | None = None) -> None:
     if argv[:1] == ["sample"]:
         sample_main(argv[1:])
         return
+    try:
+        run_cli(args)
+    except TrainingDiverged as error:
+        sys.exit(f"lgm-flow: {error}")
+
+
+def run_cli(args: list[str] | None) -> None:
     FlowCLI(
         FlowModule,
         L.LightningDataModule,
