@@ -14,6 +14,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lgm.flow.io import CheckpointError, check_readable
 from lgm.train.callbacks import SampleGrid, ToyDiagnostics
 from lgm.train.ema import FlowEMA
 from lgm.train.guard import TrainingDiverged
@@ -71,6 +72,13 @@ class FlowCLI(LightningCLI):
         parser.add_lightning_class_args(ToyDiagnostics, "toy_diagnostics")
         parser.add_lightning_class_args(SampleGrid, "sample_grid")
 
+    def _parse_ckpt_path(self) -> None:
+        """Check a ``--ckpt_path`` file before anything reads it. (Lightning's version of this hook reads
+        hyperparameters saved in the checkpoint into the config; FlowModule saves none, see its notes.)"""
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+            check_readable(ckpt_path)
+
 
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
@@ -79,7 +87,7 @@ def main(args: list[str] | None = None) -> None:
         return
     try:
         run_cli(args)
-    except TrainingDiverged as error:
+    except (TrainingDiverged, CheckpointError, FileNotFoundError) as error:
         sys.exit(f"lgm-flow: {error}")
 
 

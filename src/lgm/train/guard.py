@@ -44,11 +44,9 @@ def first_nonfinite_module(model: nn.Module, run: Callable[[], object]) -> str |
     return found[0] if found else None
 
 
-def describe_nonfinite(model: nn.Module, run: Callable[[], object], data: Tensor) -> str:
-    """A phrase saying where the last batch went non-finite: in the data, a named layer, or only in the gradients."""
-    if data.is_floating_point() and not torch.isfinite(data).all():
-        return "the batch itself contains NaN or Inf values: check the data"
+def describe_nonfinite(model: nn.Module, run: Callable[[], object]) -> str:
+    """A phrase saying where ``run()`` (the last step's loss) went non-finite: a named layer, or past the layers."""
     culprit = first_nonfinite_module(model, run)
     if culprit is None:
-        return "the forward pass is finite on the last batch, so the gradients overflowed"
+        return "every layer's output is finite on the last batch, so the prior's log-density or the gradients overflowed"
     return f"the first non-finite output comes from layer {culprit}"

@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric
 from lgm.flow.base import DataInitialized, Flow
 from lgm.flow.coupling import NetworkCoupling
 from lgm.flow.discrete import dequantize, reduce_bits
-from lgm.flow.io import flow_spec
+from lgm.flow.io import check_compatible, flow_spec
 from lgm.train.guard import TrainingDiverged, describe_nonfinite
 from lgm.train.optim import OPTIMIZERS, SCHEDULES, lr_factor, parameter_groups
 
@@ -185,7 +185,7 @@ class FlowModule(L.LightningModule):
         if self._last_batch is not None:
             batch, batch_idx = self._last_batch
             with torch.no_grad(), self._random_stream(0, self.current_epoch, batch_idx, self.global_rank):
-                where = describe_nonfinite(self.flow, lambda: self._loss(batch), self._split(batch)[0])
+                where = describe_nonfinite(self.flow, lambda: self._loss(batch))
         return (
             f"training diverged: {self.bad_in_a_row} steps in a row had a non-finite loss or gradient "
             f"(the last at step {self.global_step}, epoch {self.current_epoch}, batch {self._last_batch[1] if self._last_batch else '?'}); "
@@ -223,18 +223,36 @@ class FlowModule(L.LightningModule):
     def configure_optimizers(self) -> dict:
         groups = parameter_groups(self.flow, self.weight_decay, self.decay_scales)
         optimizer = OPTIMIZERS[self.optimizer_name](groups, lr=self.lr, betas=self.betas)
-        total = self.trainer.estimated_stepping_batches
-        warmup = self.warmup_steps
-        if self.warmup_epochs:
-            warmup = round(self.warmup_epochs * self.trainer.num_training_batches / self.trainer.accumulate_grad_batches)
-        if self.schedule == "cosine" and not math.isfinite(total):
-            raise ValueError("the cosine schedule needs a known length: set --trainer.max_epochs or --trainer.max_steps")
+        warmup, total = self.warmup_steps, math.inf
+        if self.warmup_epochs or self.schedule == "cosine":
+            per_epoch, total = self._schedule_lengths()
+            warmup = warmup or round(self.warmup_epochs * per_epoch)
+            if self.schedule == "cosine" and not math.isfinite(total):
+                raise ValueError("the cosine schedule needs a known length: set --trainer.max_epochs or --trainer.max_steps")
 
         def factor(step: int) -> float:
             return lr_factor(step, warmup, self.schedule, total, self.min_lr / self.lr)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _schedule_lengths(self) -> tuple[int, float]:
+        """``(optimiser steps per epoch, total optimiser steps)``, counted on the data module's loader.
+
+        Not ``Trainer.estimated_stepping_batches``: it builds the fit loop's training loader before a
+        checkpoint is restored, and that loader then never gets its mid-epoch position back.
+        """
+        trainer = self.trainer
+        if trainer.datamodule is None:
+            raise ValueError("warmup_epochs and the cosine schedule need a data module (trainer.fit(module, datamodule=...))")
+        batches = len(trainer.datamodule.train_dataloader())
+        limit = trainer.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
+        per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches))
+        total = math.inf if trainer.max_epochs in (None, -1) else per_epoch * trainer.max_epochs
+        if trainer.max_steps != -1:
+            total = min(total, trainer.max_steps)
+        return per_epoch, total
 
     # -- set-up, initialisation, checkpoints ------------------------------------------------------
 
@@ -290,5 +308,6 @@ class FlowModule(L.LightningModule):
         checkpoint["lgm_guard"] = {"bad_in_a_row": self.bad_in_a_row, "skipped_steps": self.skipped_steps}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        check_compatible(checkpoint.get("lgm_flow"), self.flow, "the checkpoint")
         guard = checkpoint.get("lgm_guard", {})
         self.bad_in_a_row, self.skipped_steps = guard.get("bad_in_a_row", 0), guard.get("skipped_steps", 0)
