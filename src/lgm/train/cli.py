@@ -7,7 +7,10 @@ and ``lgm-flow sample --ckpt PATH`` (see `lgm.train.sample`).
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import lightning as L
@@ -91,16 +94,31 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(f"lgm-flow: {error}")
 
 
+@contextmanager
+def fixed_run_version() -> Iterator[str]:
+    """The run folder's name, ``<YYYYmmdd-HHMMSS>``, held in ``$LGM_RUN_VERSION`` while the command runs:
+    the processes Lightning launches for DDP inherit it (and keep it), so every rank logs into one folder."""
+    inherited = os.environ.get("LGM_RUN_VERSION")
+    version = inherited or datetime.now().strftime("%Y%m%d-%H%M%S")
+    os.environ["LGM_RUN_VERSION"] = version
+    try:
+        yield version
+    finally:
+        if inherited is None:
+            del os.environ["LGM_RUN_VERSION"]
+
+
 def run_cli(args: list[str] | None) -> None:
-    FlowCLI(
-        FlowModule,
-        L.LightningDataModule,
-        subclass_mode_data=True,
-        trainer_defaults=default_trainer(datetime.now().strftime("%Y%m%d-%H%M%S")),
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    with fixed_run_version() as version:
+        FlowCLI(
+            FlowModule,
+            L.LightningDataModule,
+            subclass_mode_data=True,
+            trainer_defaults=default_trainer(version),
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
 
 
 if __name__ == "__main__":
