@@ -20,6 +20,8 @@ from lgm.flow import Glow, NiceFlow, load
 from lgm.flow.coupling import AffineCoupling
 from lgm.flow.layers import ActNorm, InvConv1x1
 from lgm.train import FlowEMA, FlowModule, TrainingDiverged
+from lgm.train.checkpoint_io import AtomicCheckpointIO
+from lgm.train.ema import ema_with_warmup
 from lgm.train.cli import main
 from lgm.train.optim import lr_factor, parameter_groups
 
@@ -154,6 +156,16 @@ def test_a_checkpoint_with_non_finite_weights_is_refused():
 # -- EMA ----------------------------------------------------------------------------------------------
 
 
+def test_ema_decay_warms_up_so_the_start_is_forgotten():
+    avg_fn = ema_with_warmup(0.999)
+    averaged, current = torch.zeros(3), torch.ones(3)
+    for n in range(1, 200):
+        averaged = avg_fn(averaged, current, torch.tensor(n))
+    assert averaged.min() > 0.99  # a plain 0.999 decay would still hold 0.999**199 = 82% of the start
+    assert torch.allclose(avg_fn(torch.zeros(1), torch.ones(1), torch.tensor(10**6)), torch.tensor([0.001]))
+    assert avg_fn(torch.tensor(True), torch.tensor(True), torch.tensor(3)).item() == 1  # flags survive
+
+
 def test_ema_is_on_for_images_and_is_what_checkpoints_and_validation_see(tmp_path):
     ema = FlowEMA(decay=0.9)
     saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=6, save_top_k=0, save_last=True)
@@ -260,6 +272,21 @@ def test_a_truncated_or_incompatible_checkpoint_is_refused_clearly(tmp_path, mon
         main(["fit", *IMAGE_RUN, "--ckpt_path", str(cut)])
     with pytest.raises(SystemExit, match=r"differs .* in \['hidden'\]"):
         main(["fit", *IMAGE_RUN, "--model.flow.init_args.hidden", "8", "--ckpt_path", str(last)])
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    writer, path = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    writer.save_checkpoint({"step": torch.tensor(1)}, path)
+
+    def interrupted_save(payload, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # the process dies mid-write
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        writer.save_checkpoint({"step": torch.tensor(2)}, path)
+    monkeypatch.undo()
+    assert int(torch.load(path, weights_only=True)["step"]) == 1 and list(tmp_path.iterdir()) == [path]
 
 
 # -- exact resume after SIGKILL (subprocesses) ----------------------------------------------------------

@@ -48,12 +48,21 @@ def save(flow: Flow, path: str | os.PathLike) -> None:
         "lgm_flow": flow_spec(flow),
         "state_dict": {STATE_PREFIX + k: v for k, v in flow.state_dict().items()},
     }
+    atomic_save(payload, path)
+
+
+def atomic_save(payload: object, path: str | os.PathLike) -> None:
+    """``torch.save(payload, path)`` atomically on any local file system: into a temporary file beside
+    ``path``, flushed to disk, then renamed over it. A crash or kill at any moment leaves either the
+    previous file or the new one, never a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -40,6 +40,7 @@ def default_trainer(run_version: str) -> dict:
         "default_root_dir": "runs",
         # `lgm.data.InMemoryBatches` shards batches across ranks itself, and resumes mid-epoch.
         "use_distributed_sampler": False,
+        "plugins": [{"class_path": "lgm.train.checkpoint_io.AtomicCheckpointIO"}],
         "logger": [
             {"class_path": "lgm.train.loggers.ResumableCSVLogger", "init_args": logger_args},
             {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": logger_args},

@@ -5,13 +5,29 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import EMAWeightAveraging
+import torch
+from lightning.pytorch.callbacks import WeightAveraging
+from torch import Tensor
 
 from lgm.flow.base import Flow
 
 
-class FlowEMA(EMAWeightAveraging):
-    """Lightning's EMA of the weights (and buffers), with the defaults and hooks flows need.
+def ema_with_warmup(decay: float):
+    """``avg_fn`` for ``AveragedModel``: an exponential moving average whose decay warms up as
+    ``min(decay, (1 + n) / (10 + n))`` after ``n`` updates (as TensorFlow's ``ExponentialMovingAverage``
+    with ``num_updates``), so the average soon forgets the initial weights instead of keeping
+    ``decay ** n`` of them (60% after 500 steps at 0.999)."""
+
+    def avg_fn(averaged: Tensor, current: Tensor, num_averaged: Tensor) -> Tensor:
+        d = torch.clamp((1 + num_averaged) / (10 + num_averaged), max=decay)
+        return d * averaged + (1 - d) * current
+
+    return avg_fn
+
+
+class FlowEMA(WeightAveraging):
+    """An exponential moving average of the weights (and buffers) with Lightning's `WeightAveraging`,
+    with the defaults and hooks flows need.
 
     The average is what validation measures, what `lgm.train.SampleGrid` draws from, what
     checkpoints store as the model (``state_dict``; the raw weights go to ``current_model_state``
@@ -21,14 +37,15 @@ class FlowEMA(EMAWeightAveraging):
     Args:
         enabled: ``None`` (default) averages image flows and leaves 2-D toys alone; ``True`` or
             ``False`` force it.
-        decay: the average's decay per optimiser step (0.999: a horizon of about 1,000 steps).
-        update_starting_at_step: steps before the average starts following the weights.
+        decay: the average's decay per optimiser step once warmed up (0.999: a horizon of about
+            1,000 steps); see `ema_with_warmup`.
     """
 
-    def __init__(self, enabled: bool | None = None, decay: float = 0.999, update_starting_at_step: int | None = None) -> None:
+    def __init__(self, enabled: bool | None = None, decay: float = 0.999) -> None:
         if not 0 <= decay < 1:
             raise ValueError(f"the EMA decay must be in [0, 1), got {decay}")
-        super().__init__(decay=decay, update_starting_at_step=update_starting_at_step)
+        super().__init__(avg_fn=ema_with_warmup(decay))
+        self.decay = decay
         self.enabled = enabled
         self.active = False
 
