@@ -72,6 +72,12 @@ def test_ranks_get_disjoint_equal_shares(monkeypatch):
         evaluation.append(list(InMemoryBatches(data, batch_size=4, shuffle=False)))
     assert sorted(torch.cat([torch.cat(s) for s in evaluation]).tolist()) == list(range(70))  # nothing dropped
 
+    few = []
+    for rank in range(3):
+        monkeypatch.setattr(modules, "_distributed_rank_and_size", lambda rank=rank: (rank, 3))
+        few.append(list(InMemoryBatches(torch.arange(10), batch_size=64, shuffle=False)))
+    assert [[b.tolist() for b in s] for s in few] == [[[0, 1, 2, 3]], [[4, 5, 6, 7]], [[8, 9]]]  # one batch per rank
+
 
 def test_flips_are_seeded_per_epoch():
     images = torch.arange(2 * 1 * 2 * 3).view(2, 1, 2, 3).repeat(50, 1, 1, 1)

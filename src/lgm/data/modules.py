@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import lightning as L
@@ -32,7 +33,8 @@ class InMemoryBatches:
 
     Under ``torch.distributed`` rank ``r`` of ``W`` takes batches ``r, r + W, r + 2W, ...``; when
     shuffling, every rank gets the same number of batches (the remainder is dropped), so no rank waits
-    on another. Training runs therefore keep ``use_distributed_sampler=False`` in the trainer.
+    on another; in evaluation order every sample is kept (batches are made smaller only if there are
+    fewer than ``W``). Training runs therefore keep ``use_distributed_sampler=False`` in the trainer.
 
     Args:
         tensors: tensors with the same first dimension (e.g. images ``uint8 [N, C, H, W]`` and labels ``[N]``).
@@ -67,14 +69,15 @@ class InMemoryBatches:
 
     def _batch_indices(self) -> list[Tensor]:
         n = len(self.tensors[0])
+        rank, world = _distributed_rank_and_size()
         if self.shuffle:
             order = torch.randperm(n, generator=torch.Generator().manual_seed(self._epoch_seed()))
             batches = list(order[: n - n % self.batch_size].split(self.batch_size))
-        else:
-            batches = list(torch.arange(n).split(self.batch_size))
-        rank, world = _distributed_rank_and_size()
-        if self.shuffle:
             batches = batches[: len(batches) - len(batches) % world]
+        else:
+            # Smaller batches only when there are fewer batches than ranks: every rank needs one.
+            size = self.batch_size if math.ceil(n / self.batch_size) >= world else math.ceil(n / world)
+            batches = list(torch.arange(n).split(size))
         return batches[rank::world]
 
     def _epoch_seed(self) -> int:
