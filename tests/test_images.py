@@ -5,13 +5,12 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from lgm.data import ImageDataModule, load_images
+from lgm.data import ImageDataModule, InMemoryBatches, load_images
 from lgm.data.images import IDX_FILES, read_idx
 
 SHARED_DATA = Path(os.environ.get("LGM_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -164,14 +163,12 @@ def test_data_module_split_batches_and_flip():
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == (32, 1, 8, 8) and x.dtype == torch.uint8 and y.shape == (32,)
 
-    dm.trainer = SimpleNamespace(training=True)
-    torch.manual_seed(0)
-    flipped, _ = dm.on_after_batch_transfer((x, y), 0)
-    same = (flipped == x).flatten(1).all(1)
-    mirrored = (flipped == x.flip(-1)).flatten(1).all(1)
+    unflipped = InMemoryBatches(dm.arrays.x_train[dm.train_index], batch_size=32, shuffle=True, seed=3)
+    plain = next(iter(unflipped))
+    same = (x == plain).flatten(1).all(1)
+    mirrored = (x == plain.flip(-1)).flatten(1).all(1)
     assert (same | mirrored).all() and 0 < (mirrored & ~same).sum() < 32
-    dm.trainer = SimpleNamespace(training=False)
-    assert dm.on_after_batch_transfer((x, y), 0)[0] is x
+    assert torch.equal(next(iter(dm.val_dataloader()))[0], dm.arrays.x_train[dm.val_index[:32]])  # never flipped
 
 
 def test_data_module_rejects_an_impossible_split():

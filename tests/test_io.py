@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import struct
+import zipfile
+
 import pytest
 import torch
 
 from lgm.flow import Compose, Flow, NiceFlow, StandardGaussian, load, save
+from lgm.flow.io import CheckpointError, check_compatible, flow_spec
 from test_transforms import randomise
 
 
@@ -33,8 +37,28 @@ def test_truncated_file(tmp_path):
     save(NiceFlow.toy(), tmp_path / "model.pt")
     data = (tmp_path / "model.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="could not read .* truncated"):
+    with pytest.raises(CheckpointError, match="not a complete PyTorch file.*truncated"):
         load(tmp_path / "cut.pt")
+
+
+def test_flipped_byte_fails_the_checksum(tmp_path):
+    save(NiceFlow.toy(), tmp_path / "model.pt")
+    data = bytearray((tmp_path / "model.pt").read_bytes())
+    with zipfile.ZipFile(tmp_path / "model.pt") as archive:
+        weights = max(archive.infolist(), key=lambda member: member.file_size)
+    name_length, extra_length = struct.unpack("<HH", data[weights.header_offset + 26 : weights.header_offset + 30])
+    data[weights.header_offset + 30 + name_length + extra_length + 10] ^= 0xFF  # a byte of the largest tensor
+    (tmp_path / "bad.pt").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load(tmp_path / "bad.pt")
+
+
+def test_incompatible_model_is_named():
+    flow = NiceFlow.toy()
+    spec = flow_spec(NiceFlow.toy(hidden=32))
+    with pytest.raises(CheckpointError, match=r"differs .* in \['hidden'\].*config.yaml"):
+        check_compatible(spec, flow, "the checkpoint")
+    check_compatible(flow_spec(NiceFlow.toy()), flow, "the checkpoint")
 
 
 def test_file_without_lgm_entry(tmp_path):

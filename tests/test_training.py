@@ -43,14 +43,6 @@ def test_a_flow_that_cannot_be_saved_is_refused_before_training():
         FlowModule(Flow(Compose(), StandardGaussian((2,)), shape=(2,)))
 
 
-def test_non_finite_loss_stops_with_advice():
-    module = FlowModule(NiceFlow.toy())
-    with torch.no_grad():
-        module.flow.scaling.h.fill_(1e5)
-    with pytest.raises(FloatingPointError, match="training loss became .* at step 0.*gradient_clip_val"):
-        module.training_step(toy.banana(8), 0)
-
-
 TINY = [
     "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
     "--data.init_args.n_train", "2048", "--data.init_args.n_val", "512", "--data.init_args.n_test", "512",

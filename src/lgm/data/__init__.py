@@ -2,6 +2,6 @@
 
 from lgm.data import toy
 from lgm.data.images import ImageArrays, load_images
-from lgm.data.modules import ImageDataModule, ToyDataModule
+from lgm.data.modules import ImageDataModule, InMemoryBatches, ToyDataModule
 
-__all__ = ["ImageArrays", "ImageDataModule", "ToyDataModule", "load_images", "toy"]
+__all__ = ["ImageArrays", "ImageDataModule", "InMemoryBatches", "ToyDataModule", "load_images", "toy"]

@@ -3,33 +3,114 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
 from lgm.data.images import ImageArrays, get_dataset, load_images
 from lgm.data.toy import ToyDensity, get_density
 
 
-def _unwrap_single(batch: tuple[Tensor, ...]) -> Tensor | tuple[Tensor, ...]:
-    return batch[0] if len(batch) == 1 else batch
+def _distributed_rank_and_size() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
 
 
-def batch_loader(*tensors: Tensor, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
-    """Batches of in-memory tensors, gathered with one index op per batch (no per-item collation).
+class InMemoryBatches:
+    """Batches of in-memory tensors, resumable mid-epoch, sharded across data-parallel ranks.
 
-    One tensor gives batches that are tensors; several give tuples. Shuffling uses its own seeded
-    generator, so the data order does not depend on the global random state.
+    Each batch is gathered with one index op (no per-item collation): one tensor gives batches
+    that are tensors, several give tuples. The order is a function of ``(seed, epoch)`` only, so
+    a resumed run sees exactly the batches an uninterrupted one would have:
+
+    - ``set_epoch(e)`` (Lightning calls it before every epoch) picks the epoch's permutation;
+    - ``state_dict()`` / ``load_state_dict()`` (Lightning saves them in checkpoints) record the epoch
+      and how many batches of it were handed out.
+
+    Under ``torch.distributed`` rank ``r`` of ``W`` takes batches ``r, r + W, r + 2W, ...``; when
+    shuffling, every rank gets the same number of batches (the remainder is dropped), so no rank waits
+    on another; in evaluation order every sample is kept (batches are made smaller only if there are
+    fewer than ``W``). Training runs therefore keep ``use_distributed_sampler=False`` in the trainer.
+
+    Args:
+        tensors: tensors with the same first dimension (e.g. images ``uint8 [N, C, H, W]`` and labels ``[N]``).
+        batch_size: samples per batch (per rank under data parallelism).
+        shuffle: a fresh seeded permutation each epoch and incomplete last batches dropped (training);
+            otherwise the stored order and every sample (evaluation).
+        seed: seed of the permutations and of the flips.
+        hflip: mirror each image (the last dimension) with probability 1/2, drawn from the same
+            seeded stream as the order. Only for images; applies to the first tensor.
     """
-    dataset = TensorDataset(*tensors)
-    sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(dataset)
-    return DataLoader(
-        dataset,
-        sampler=BatchSampler(sampler, batch_size=batch_size, drop_last=shuffle),
-        batch_size=None,
-        collate_fn=_unwrap_single,
-    )
+
+    def __init__(self, *tensors: Tensor, batch_size: int, shuffle: bool, seed: int = 0, hflip: bool = False) -> None:
+        if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
+            raise ValueError("InMemoryBatches needs one or more tensors with the same first dimension")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.tensors, self.batch_size, self.shuffle, self.seed, self.hflip = tensors, batch_size, shuffle, seed, hflip
+        self.epoch = 0
+        self._handed_out = 0  # batches of the current epoch already yielded
+        self._resume_at = 0  # batches to skip at the next iteration (set by load_state_dict)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self._resume_at = epoch, 0
+
+    # Lightning finds ``set_epoch`` on a loader's ``sampler`` (or ``batch_sampler.sampler``).
+    batch_sampler = None
+
+    @property
+    def sampler(self) -> InMemoryBatches:
+        return self
+
+    def _batch_indices(self) -> list[Tensor]:
+        n = len(self.tensors[0])
+        rank, world = _distributed_rank_and_size()
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self._epoch_seed()))
+            batches = list(order[: n - n % self.batch_size].split(self.batch_size))
+            batches = batches[: len(batches) - len(batches) % world]
+        else:
+            # Smaller batches only when there are fewer batches than ranks: every rank needs one.
+            size = self.batch_size if math.ceil(n / self.batch_size) >= world else math.ceil(n / world)
+            batches = list(torch.arange(n).split(size))
+        return batches[rank::world]
+
+    def _epoch_seed(self) -> int:
+        return self.seed * 1_000_003 + self.epoch
+
+    def __len__(self) -> int:
+        return len(self._batch_indices())
+
+    def __iter__(self) -> Iterator[Tensor | tuple[Tensor, ...]]:
+        batches, start = self._batch_indices(), self._resume_at
+        self._resume_at = 0
+        if self.hflip:
+            flip_stream = torch.Generator().manual_seed(self._epoch_seed() + 500_009)
+            flips = torch.rand(len(self.tensors[0]), generator=flip_stream) < 0.5
+        for position in range(start, len(batches)):
+            index = batches[position]
+            batch = [t[index] for t in self.tensors]
+            if self.hflip:
+                mirrored = flips[index].view(-1, *[1] * (batch[0].dim() - 1))
+                batch[0] = torch.where(mirrored, batch[0].flip(-1), batch[0])
+            self._handed_out = position + 1
+            yield batch[0] if len(batch) == 1 else tuple(batch)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batches": self._handed_out, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(
+                f"the checkpoint's data order was seeded with {state['seed']}, this data module with {self.seed}: "
+                "resume with the same --data.init_args.seed"
+            )
+        self.epoch, self._resume_at = state["epoch"], state["batches"]
 
 
 class ToyDataModule(L.LightningDataModule):
@@ -65,14 +146,14 @@ class ToyDataModule(L.LightningDataModule):
         self.val_data = self.density.sample(self.n_val, seed=self.seed + 1)
         self.test_data = self.density.sample(self.n_test, seed=self.seed + 2)
 
-    def train_dataloader(self) -> DataLoader:
-        return batch_loader(self.train_data, batch_size=self.batch_size, shuffle=True, seed=self.seed)
+    def train_dataloader(self) -> InMemoryBatches:
+        return InMemoryBatches(self.train_data, batch_size=self.batch_size, shuffle=True, seed=self.seed)
 
-    def val_dataloader(self) -> DataLoader:
-        return batch_loader(self.val_data, batch_size=self.batch_size, shuffle=False)
+    def val_dataloader(self) -> InMemoryBatches:
+        return InMemoryBatches(self.val_data, batch_size=self.batch_size, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
-        return batch_loader(self.test_data, batch_size=self.batch_size, shuffle=False)
+    def test_dataloader(self) -> InMemoryBatches:
+        return InMemoryBatches(self.test_data, batch_size=self.batch_size, shuffle=False)
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -121,22 +202,16 @@ class ImageDataModule(L.LightningDataModule):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
         self.val_index, self.train_index = order[:val_size], order[val_size:]
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> InMemoryBatches:
         a, i = self.arrays, self.train_index
-        return batch_loader(a.x_train[i], a.y_train[i], batch_size=self.batch_size, shuffle=True, seed=self.seed)
+        return InMemoryBatches(
+            a.x_train[i], a.y_train[i], batch_size=self.batch_size, shuffle=True, seed=self.seed, hflip=self.hflip
+        )
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> InMemoryBatches:
         a, i = self.arrays, self.val_index
-        return batch_loader(a.x_train[i], a.y_train[i], batch_size=self.batch_size, shuffle=False)
+        return InMemoryBatches(a.x_train[i], a.y_train[i], batch_size=self.batch_size, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> InMemoryBatches:
         a = self.arrays
-        return batch_loader(a.x_test, a.y_test, batch_size=self.batch_size, shuffle=False)
-
-    def on_after_batch_transfer(self, batch: tuple[Tensor, Tensor], dataloader_idx: int) -> tuple[Tensor, Tensor]:
-        if self.hflip and self.trainer is not None and self.trainer.training:
-            x, y = batch
-            flip = torch.rand(x.shape[0], device=x.device) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            return x, y
-        return batch
+        return InMemoryBatches(a.x_test, a.y_test, batch_size=self.batch_size, shuffle=False)

@@ -40,7 +40,31 @@ def check_partition(dim: int, partition: str) -> None:
         )
 
 
-class AdditiveCoupling(Transform):
+MASKS = ("channel", "checkerboard")
+
+
+class NetworkCoupling(Transform):
+    """A coupling whose network is run through `run_net`: in the input's dtype (a network under
+    bf16 autocast returns bf16; the coupling's arithmetic and log-det stay in the data's dtype),
+    and with its activations recomputed in the backward pass when ``checkpoint_net`` is on.
+
+    ``checkpoint_net`` (default off) trades compute for memory in deep models: only the network's
+    input is stored, its intermediate activations are recomputed during backward. It changes
+    neither results nor saved weights, so it is a switch of the training run, not of the model.
+    """
+
+    net: nn.Module
+    checkpoint_net: bool = False
+
+    def run_net(self, kept: Tensor) -> Tensor:
+        if self.checkpoint_net and torch.is_grad_enabled():
+            out = torch.utils.checkpoint.checkpoint(self.net, kept, use_reentrant=False)
+        else:
+            out = self.net(kept)
+        return out.to(kept.dtype)
+
+
+class AdditiveCoupling(NetworkCoupling):
     """NICE's additive coupling (Dinh et al. 2014, eq. 5): ``z_b = x_b + m(x_a)``, ``z_a = x_a``.
 
     Volume preserving: ``logdet = 0`` exactly. Input and output ``[B, dim]``.
@@ -74,14 +98,11 @@ class AdditiveCoupling(Transform):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         kept, changed = self._parts(x)
-        return self._join(kept, changed + self.net(kept)), x.new_zeros(x.shape[0])
+        return self._join(kept, changed + self.run_net(kept)), x.new_zeros(x.shape[0])
 
     def inverse(self, z: Tensor) -> Tensor:
         kept, changed = self._parts(z)
-        return self._join(kept, changed - self.net(kept))
-
-
-MASKS = ("channel", "checkerboard")
+        return self._join(kept, changed - self.run_net(kept))
 
 
 def checkerboard(height: int, width: int, parity: int) -> Tensor:
@@ -90,7 +111,7 @@ def checkerboard(height: int, width: int, parity: int) -> Tensor:
     return (grid % 2 == 0).float()[None, None]
 
 
-class AffineCoupling(Transform):
+class AffineCoupling(NetworkCoupling):
     """Affine coupling on images (RealNVP, Glow): ``z_b = x_b * s + t``, ``z_a = x_a``, with
     ``(h, t) = net(x_a)`` and ``s = positivity map(h)``; ``logdet = sum over x_b of log s``.
 
@@ -122,7 +143,7 @@ class AffineCoupling(Transform):
         self.net = net_builder(kept, changed * (2 if affine else 1))
 
     def _shift_and_log_scale(self, kept: Tensor) -> tuple[Tensor, Tensor | None]:
-        out = self.net(kept)
+        out = self.run_net(kept)
         if not self.affine:
             return out, None
         h, shift = out.chunk(2, dim=1)

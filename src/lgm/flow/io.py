@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
@@ -23,6 +24,10 @@ from lgm.flow.base import Flow
 
 FORMAT_VERSION = 1
 STATE_PREFIX = "flow."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or model file that cannot be used; the message says why and what to do."""
 
 
 def flow_spec(flow: Flow) -> dict:
@@ -46,43 +51,78 @@ def save(flow: Flow, path: str | os.PathLike) -> None:
     atomic_save(payload, path)
 
 
-def atomic_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save(obj)`` to ``path`` through a temporary file renamed into place: never a half-written file."""
+def atomic_save(payload: object, path: str | os.PathLike) -> None:
+    """``torch.save(payload, path)`` atomically on any local file system: into a temporary file beside
+    ``path``, flushed to disk, then renamed over it. A crash or kill at any moment leaves either the
+    previous file or the new one, never a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Flow:
-    """Rebuild the flow stored in ``path`` (a `save` file or a ``lgm-flow fit`` checkpoint), in eval mode."""
+def check_readable(path: str | os.PathLike) -> None:
+    """Raise `CheckpointError` unless ``path`` is a complete PyTorch file: every member of its zip
+    archive is read and its CRC checked (nothing is unpickled). Catches truncated and overwritten files."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint or model file at {str(path)!r}")
     try:
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise CheckpointError(
+            f"{str(path)!r} is not a complete PyTorch file ({e}): it is truncated or not a checkpoint. "
+            "Resume from another checkpoint of the run (checkpoints/best-*.ckpt or an earlier copy)"
+        ) from e
+    if broken is not None:
+        raise CheckpointError(f"{str(path)!r} is corrupted (member {broken!r} fails its checksum); use another checkpoint")
+
+
+def check_compatible(spec: dict | None, flow: Flow, source: str) -> None:
+    """Raise `CheckpointError` unless the ``"lgm_flow"`` entry ``spec`` of ``source`` describes ``flow``."""
+    if spec is None:
+        raise CheckpointError(f"{source} is not an lgm-flow checkpoint: it has no 'lgm_flow' entry")
+    mine = flow_spec(flow)
+    if spec.get("class_path") != mine["class_path"] or spec.get("init_args") != mine["init_args"]:
+        theirs = spec.get("init_args", {})
+        differ = sorted(k for k in set(theirs) | set(mine["init_args"]) if theirs.get(k) != mine["init_args"].get(k))
+        raise CheckpointError(
+            f"{source} holds a {spec.get('class_path')} that differs from the configured {mine['class_path']} in "
+            f"{differ or 'its class'} (file: {[theirs.get(k) for k in differ]}, config: "
+            f"{[mine['init_args'].get(k) for k in differ]}). Resume with the run's own config.yaml"
+        )
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Flow:
+    """Rebuild the flow stored in ``path`` (a `save` file or a ``lgm-flow fit`` checkpoint), in eval mode."""
+    check_readable(path)
+    try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise ValueError(f"could not read {str(path)!r} as a PyTorch file ({e}); it may be truncated or not a checkpoint") from e
+        raise CheckpointError(f"could not read {str(path)!r} as a PyTorch file ({e}); it may be truncated or not a checkpoint") from e
     spec = payload.get("lgm_flow") if isinstance(payload, dict) else None
     if spec is None:
-        raise ValueError(
+        raise CheckpointError(
             f"{str(path)!r} is not an lgm-flow file: it has no 'lgm_flow' entry. "
             "Use a checkpoint written by `lgm-flow fit` or a file written by lgm.flow.save"
         )
     if spec.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{str(path)!r} has lgm-flow format {spec.get('format')!r}; this version reads format {FORMAT_VERSION}")
+        raise CheckpointError(f"{str(path)!r} has lgm-flow format {spec.get('format')!r}; this version reads format {FORMAT_VERSION}")
     flow = _build(spec)
     state = {k[len(STATE_PREFIX) :]: v for k, v in payload["state_dict"].items() if k.startswith(STATE_PREFIX)}
     try:
         flow.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(
+        raise CheckpointError(
             f"the weights in {str(path)!r} do not fit {spec['class_path']}(**{spec['init_args']}); the file was "
             f"written by an incompatible version or edited. Details: {str(e)[:500]}"
         ) from e

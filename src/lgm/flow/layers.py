@@ -164,12 +164,20 @@ class InvConv1x1(Transform):
         return self.log_s.sum() if self.lu else torch.linalg.slogdet(self.weight).logabsdet
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = torch.einsum("ij,bj...->bi...", self.matrix(), x)
-        return z, (x[0, 0].numel() * self.log_abs_det()).expand(x.shape[0])
+        with _full_precision(x):
+            z = torch.einsum("ij,bj...->bi...", self.matrix(), x)
+            return z, (x[0, 0].numel() * self.log_abs_det()).expand(x.shape[0])
 
     def inverse(self, z: Tensor) -> Tensor:
-        w_inv = self._inverse.get(self, lambda: torch.linalg.inv(self.matrix()))
-        return torch.einsum("ij,bj...->bi...", w_inv, z)
+        with _full_precision(z):
+            w_inv = self._inverse.get(self, lambda: torch.linalg.inv(self.matrix()))
+            return torch.einsum("ij,bj...->bi...", w_inv, z)
+
+
+def _full_precision(x: Tensor) -> torch.autocast:
+    """Autocast off: the flow's own maps stay in the data's dtype under mixed precision (only the
+    coupling networks run in bf16), so that inverses and log-dets keep full precision."""
+    return torch.autocast(x.device.type, enabled=False)
 
 
 class ChannelPermutation(Transform):

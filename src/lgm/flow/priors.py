@@ -142,7 +142,7 @@ class SplitPrior(nn.Module):
     def params(self, h: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
         shape = (h.shape[0], self.z_channels, *h.shape[2:])
         if self.conv is not None:
-            mean, log_std = self.conv(h).chunk(2, dim=1)
+            mean, log_std = self.conv(h).to(h.dtype).chunk(2, dim=1)  # float32 under bf16 autocast
         else:
             mean, log_std = h.new_zeros(shape), h.new_zeros(shape)
         if self.class_bias is not None:

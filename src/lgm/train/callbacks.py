@@ -11,7 +11,12 @@ import torch
 from torchvision.utils import save_image
 
 from lgm.evaluate.density import kl_to_truth
+from lgm.train.ema import FlowEMA
 from lgm.viz.density import plot_density_comparison, plot_samples
+
+
+def _run_folder(trainer: L.Trainer) -> Path:
+    return Path(trainer.log_dir or trainer.default_root_dir)
 
 
 class ToyDiagnostics(L.Callback):
@@ -35,16 +40,16 @@ class ToyDiagnostics(L.Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         density = getattr(trainer.datamodule, "density", None)
+        out = _run_folder(trainer)  # on every rank: under DDP, trainer.log_dir is a collective call
         if density is None or not trainer.is_global_zero:
             return
         flow = pl_module.flow
         was_training = flow.training
         flow.eval()
         try:
-            report = self._report(flow, density, trainer)
+            report = self._report(flow, density, trainer, out)
         finally:
             flow.train(was_training)
-        out = Path(trainer.log_dir or trainer.default_root_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "toy_report.json").write_text(json.dumps(report, indent=2) + "\n")
         for logger in trainer.loggers:
@@ -53,7 +58,7 @@ class ToyDiagnostics(L.Callback):
         print(f"[toy diagnostics] {density.name}: {summary}; figures in {out / 'figures'}")
 
     @torch.no_grad()
-    def _report(self, flow, density, trainer: L.Trainer) -> dict:
+    def _report(self, flow, density, trainer: L.Trainer, out: Path) -> dict:
         device = next(flow.parameters()).device
 
         def model_log_prob(x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +71,7 @@ class ToyDiagnostics(L.Callback):
             report["kl_true_model"], report["kl_standard_error"] = kl_to_truth(model_log_prob, density.log_prob, fresh)
         if hasattr(density, "entropy"):
             report["true_entropy"] = density.entropy()
-        figures = Path(trainer.log_dir or trainer.default_root_dir) / "figures"
+        figures = out / "figures"
         figures.mkdir(parents=True, exist_ok=True)
         data = trainer.datamodule.train_data[: self.n_kl]
         plot_density_comparison(
@@ -78,7 +83,8 @@ class ToyDiagnostics(L.Callback):
 
 
 class SampleGrid(L.Callback):
-    """For image flows, save grids of samples at several temperatures after every training epoch.
+    """For image flows, save grids of samples at several temperatures after every training epoch
+    (from the weight average when `lgm.train.FlowEMA` keeps one).
 
     Writes ``figures/samples_t{T}.png`` (one per temperature, overwritten each epoch, so the latest
     is always there). Class-conditional models cycle through the classes. Does nothing for
@@ -96,10 +102,11 @@ class SampleGrid(L.Callback):
         self.seed = seed
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        flow = pl_module.flow
+        averages = [cb.average_flow for cb in trainer.callbacks if isinstance(cb, FlowEMA) and cb.average_flow is not None]
+        flow = averages[0] if averages else pl_module.flow
+        figures = _run_folder(trainer) / "figures"  # on every rank: a collective call under DDP
         if flow.n_bits is None or not trainer.is_global_zero:
             return
-        figures = Path(trainer.log_dir or trainer.default_root_dir) / "figures"
         figures.mkdir(parents=True, exist_ok=True)
         was_training = flow.training
         flow.eval()

@@ -8,14 +8,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lgm.flow.io import CheckpointError, check_readable
 from lgm.train.callbacks import SampleGrid, ToyDiagnostics
+from lgm.train.ema import FlowEMA
+from lgm.train.guard import TrainingDiverged
 from lgm.train.module import FlowModule
 from lgm.train.sample import sample_main
 
@@ -33,6 +39,9 @@ def default_trainer(run_version: str) -> dict:
     return {
         "max_epochs": 40,
         "default_root_dir": "runs",
+        # `lgm.data.InMemoryBatches` shards batches across ranks itself, and resumes mid-epoch.
+        "use_distributed_sampler": False,
+        "plugins": [{"class_path": "lgm.train.checkpoint_io.AtomicCheckpointIO"}],
         "logger": [
             {"class_path": "lgm.train.loggers.ResumableCSVLogger", "init_args": logger_args},
             {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": logger_args},
@@ -44,19 +53,36 @@ class FlowCLI(LightningCLI):
     """Adds what every run gets: checkpoints (last, and best by ``val/loss``), 2-D diagnostics, sample grids."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # Two checkpoint callbacks share `last.ckpt` (no version counter, so both overwrite the one file):
+        # `checkpoint` after every validation (and the best by val/loss), `periodic_checkpoint` every N
+        # steps within epochs. Lightning writes each file atomically.
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "periodic_checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
                 "checkpoint.save_last": True,
                 "checkpoint.filename": "best-epoch{epoch}-step{step}",
                 "checkpoint.auto_insert_metric_name": False,
+                "checkpoint.enable_version_counter": False,
+                "periodic_checkpoint.every_n_train_steps": 500,
+                "periodic_checkpoint.save_top_k": 0,
+                "periodic_checkpoint.save_last": True,
+                "periodic_checkpoint.enable_version_counter": False,
                 "model.flow": DEFAULT_FLOW,
                 "data": DEFAULT_DATA,
             }
         )
+        parser.add_lightning_class_args(FlowEMA, "ema")
         parser.add_lightning_class_args(ToyDiagnostics, "toy_diagnostics")
         parser.add_lightning_class_args(SampleGrid, "sample_grid")
+
+    def _parse_ckpt_path(self) -> None:
+        """Check a ``--ckpt_path`` file before anything reads it. (Lightning's version of this hook reads
+        hyperparameters saved in the checkpoint into the config; FlowModule saves none, see its notes.)"""
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
+        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+            check_readable(ckpt_path)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -74,15 +100,37 @@ def main(args: list[str] | None = None) -> None:
 
         classifier_main(argv[1:])
         return
-    FlowCLI(
-        FlowModule,
-        L.LightningDataModule,
-        subclass_mode_data=True,
-        trainer_defaults=default_trainer(datetime.now().strftime("%Y%m%d-%H%M%S")),
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    try:
+        run_cli(args)
+    except (TrainingDiverged, CheckpointError, FileNotFoundError) as error:
+        sys.exit(f"lgm-flow: {error}")
+
+
+@contextmanager
+def fixed_run_version() -> Iterator[str]:
+    """The run folder's name, ``<YYYYmmdd-HHMMSS>``, held in ``$LGM_RUN_VERSION`` while the command runs:
+    the processes Lightning launches for DDP inherit it (and keep it), so every rank logs into one folder."""
+    inherited = os.environ.get("LGM_RUN_VERSION")
+    version = inherited or datetime.now().strftime("%Y%m%d-%H%M%S")
+    os.environ["LGM_RUN_VERSION"] = version
+    try:
+        yield version
+    finally:
+        if inherited is None:
+            del os.environ["LGM_RUN_VERSION"]
+
+
+def run_cli(args: list[str] | None) -> None:
+    with fixed_run_version() as version:
+        FlowCLI(
+            FlowModule,
+            L.LightningDataModule,
+            subclass_mode_data=True,
+            trainer_defaults=default_trainer(version),
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
 
 
 if __name__ == "__main__":

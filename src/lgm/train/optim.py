@@ -1,0 +1,47 @@
+"""Optimisers, weight-decay groups and the learning-rate schedule of `lgm.train.FlowModule`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lgm.flow.coupling import NetworkCoupling
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}
+SCHEDULES = ("constant", "cosine")
+
+
+def parameter_groups(flow: nn.Module, weight_decay: float, decay_scales: bool = False) -> list[dict]:
+    """Optimiser parameter groups: ``[decayed, not decayed]``.
+
+    Decayed: the weights and biases of the linear and convolution layers inside coupling networks
+    (the unconstrained function approximators). Not decayed: everything else, i.e. the flow's own
+    parameters (NICE's scales, actnorm, 1x1 convolutions, priors, normalisation inside networks),
+    whose natural value is not 0. ``decay_scales=True`` decays every parameter.
+    """
+    if decay_scales:
+        return [{"params": list(flow.parameters()), "weight_decay": weight_decay}]
+    decayed: dict[int, nn.Parameter] = {}
+    for coupling in flow.modules():
+        if isinstance(coupling, NetworkCoupling):
+            for layer in coupling.net.modules():
+                if type(layer) in (nn.Linear, nn.Conv2d):
+                    decayed.update((id(p), p) for p in layer.parameters())
+    rest = [p for p in flow.parameters() if id(p) not in decayed]
+    return [{"params": list(decayed.values()), "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, warmup: int, schedule: str, total: float, final_fraction: float = 0.0) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (0-based).
+
+    Linear warmup ``(step + 1) / warmup`` over the first ``warmup`` steps, then 1 (``"constant"``) or a
+    half cosine from 1 down to ``final_fraction`` at step ``total`` (``"cosine"``).
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
+    return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
