@@ -8,8 +8,8 @@ import torch
 from functools import partial
 
 from lgm.flow import (
-    ActNorm, AdditiveCoupling, AffineCoupling, ChannelPermutation, Compose, DiagonalScaling, InvConv1x1, NiceFlow,
-    Reshape, SCALE_MAPS, Squeeze, mlp,
+    ActNorm, AdditiveCoupling, AffineCoupling, AffineVectorCoupling, ChannelPermutation, Compose, DiagonalScaling,
+    InvConv1x1, NiceFlow, Reshape, SCALE_MAPS, Squeeze, VectorRealNVP, mlp,
 )
 from lgm.flow.base import data_initialization
 from lgm.flow.nets import glow_net, resnet
@@ -82,6 +82,15 @@ TRANSFORMS = {
     **{f"scaling-{name}": (lambda name=name: DiagonalScaling(DIM, scale=name)) for name in SCALE_MAPS},
     "compose": lambda: Compose(coupling("halves", "second"), coupling("even_odd", "first"), DiagonalScaling(DIM)),
     "nice-toy": lambda: NiceFlow.toy().transform,
+    **{
+        f"affine-vector-{p}-{c}-{scale}": (
+            lambda p=p, c=c, scale=scale: AffineVectorCoupling(DIM, mlp(DIM // 2, DIM, hidden=8, depth=2), p, c, scale)
+        )
+        for p in ("even_odd", "halves")
+        for c in ("first", "second")
+        for scale in ("exp", "softclamp")
+    },
+    "vector-realnvp": lambda: VectorRealNVP(shape=DIM, couplings=4, hidden=8).transform,
     "nice-batchnorm-eval": lambda: NiceFlow(shape=(DIM,), hidden=8, depth=2, norm="batch").transform.eval(),
     "center": lambda: Center(),
     "logit": lambda: Logit(0.05),

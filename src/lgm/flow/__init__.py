@@ -6,7 +6,7 @@ Direction convention: ``forward`` maps data -> latent and returns ``(z, log|det 
 
 from lgm.flow.base import Compose, DataInitialized, Flow, Reshape, Transform
 from lgm.flow.discrete import dequantize, quantize, reduce_bits
-from lgm.flow.coupling import AdditiveCoupling, AffineCoupling
+from lgm.flow.coupling import AdditiveCoupling, AffineCoupling, AffineVectorCoupling
 from lgm.flow.glow import Glow
 from lgm.flow.io import load, save
 from lgm.flow.layers import ActNorm, ChannelPermutation, DiagonalScaling, InvConv1x1, Squeeze
@@ -15,13 +15,14 @@ from lgm.flow.nets import mlp
 from lgm.flow.nice import NiceFlow
 from lgm.flow.preprocess import Center, Logit, Normalize, PadWithNoise, make_preprocessing
 from lgm.flow.priors import SplitPrior, StandardGaussian, StandardLogistic, TopPrior, make_prior
-from lgm.flow.realnvp import RealNVP
+from lgm.flow.realnvp import RealNVP, VectorRealNVP
 from lgm.flow.scales import SCALE_MAPS, get_scale_map
 
 __all__ = [
     "ActNorm",
     "AdditiveCoupling",
     "AffineCoupling",
+    "AffineVectorCoupling",
     "Center",
     "ChannelPermutation",
     "Compose",
@@ -44,6 +45,7 @@ __all__ = [
     "StandardLogistic",
     "TopPrior",
     "Transform",
+    "VectorRealNVP",
     "dequantize",
     "get_scale_map",
     "load",

@@ -64,14 +64,12 @@ class NetworkCoupling(Transform):
         return out.to(kept.dtype)
 
 
-class AdditiveCoupling(NetworkCoupling):
-    """NICE's additive coupling (Dinh et al. 2014, eq. 5): ``z_b = x_b + m(x_a)``, ``z_a = x_a``.
-
-    Volume preserving: ``logdet = 0`` exactly. Input and output ``[B, dim]``.
+class VectorCoupling(NetworkCoupling):
+    """The part of a coupling on flat vectors ``[B, dim]`` that decides which half is kept and which changed.
 
     Args:
         dim: number of features (even).
-        net: ``[B, dim/2] -> [B, dim/2]``, any network (see `lgm.flow.nets.mlp`).
+        net: the coupling network, fed the kept half ``[B, dim/2]`` (see `lgm.flow.nets.mlp`).
         partition: ``"even_odd"`` (NICE's MNIST choice) or ``"halves"``.
         change: which part is changed, ``"first"`` or ``"second"``; alternate it between layers so
             that every dimension gets changed.
@@ -96,6 +94,14 @@ class AdditiveCoupling(NetworkCoupling):
             return merge(changed, kept, self.partition)
         return merge(kept, changed, self.partition)
 
+
+class AdditiveCoupling(VectorCoupling):
+    """NICE's additive coupling (Dinh et al. 2014, eq. 5): ``z_b = x_b + m(x_a)``, ``z_a = x_a``.
+
+    Volume preserving: ``logdet = 0`` exactly. Input and output ``[B, dim]``; ``net`` maps
+    ``[B, dim/2] -> [B, dim/2]``. Arguments as `VectorCoupling`.
+    """
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         kept, changed = self._parts(x)
         return self._join(kept, changed + self.run_net(kept)), x.new_zeros(x.shape[0])
@@ -103,6 +109,35 @@ class AdditiveCoupling(NetworkCoupling):
     def inverse(self, z: Tensor) -> Tensor:
         kept, changed = self._parts(z)
         return self._join(kept, changed - self.run_net(kept))
+
+
+class AffineVectorCoupling(VectorCoupling):
+    """RealNVP's affine coupling on flat vectors: ``z_b = x_b * s + t``, ``z_a = x_a``, with
+    ``(h, t) = net(x_a)`` and ``s = positivity map(h)``; ``logdet = sum of log s``.
+
+    Input and output ``[B, dim]``; ``net`` maps ``[B, dim/2] -> [B, dim]`` (``h`` then ``t``).
+    ``scale``: positivity map, see `lgm.flow.scales`. Other arguments as `VectorCoupling`.
+    """
+
+    def __init__(
+        self, dim: int, net: nn.Module, partition: str = "halves", change: str = "second", scale: str = "softclamp"
+    ) -> None:
+        super().__init__(dim, net, partition, change)
+        self.scale_map = get_scale_map(scale)
+
+    def _shift_and_log_scale(self, kept: Tensor) -> tuple[Tensor, Tensor]:
+        h, shift = self.run_net(kept).chunk(2, dim=1)
+        return shift, self.scale_map.log_scale(h)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        kept, changed = self._parts(x)
+        shift, log_s = self._shift_and_log_scale(kept)
+        return self._join(kept, changed * log_s.exp() + shift), log_s.sum(1)
+
+    def inverse(self, z: Tensor) -> Tensor:
+        kept, changed = self._parts(z)
+        shift, log_s = self._shift_and_log_scale(kept)
+        return self._join(kept, (changed - shift) * (-log_s).exp())
 
 
 def checkerboard(height: int, width: int, parity: int) -> Tensor:

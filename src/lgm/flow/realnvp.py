@@ -1,4 +1,5 @@
-"""RealNVP (Dinh, Sohl-Dickstein, Bengio 2016): affine couplings with checkerboard and channel masks.
+"""RealNVP (Dinh, Sohl-Dickstein, Bengio 2016): affine couplings with checkerboard and channel masks
+(`RealNVP`, images), and on flat features (`VectorRealNVP`, 2-D toys).
 
 Each scale but the last: 3 checkerboard couplings (alternating), squeeze, 3 channel couplings
 (alternating), then half the channels are factored out. The last scale: 4 checkerboard couplings.
@@ -9,16 +10,17 @@ statistics at test time.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import partial
 
-from lgm.flow.base import Compose, Transform
-from lgm.flow.coupling import AffineCoupling
+from lgm.flow.base import Compose, Flow, Reshape, Transform
+from lgm.flow.coupling import AffineCoupling, AffineVectorCoupling, check_partition
 from lgm.flow.layers import ActNorm, Squeeze
 from lgm.flow.multiscale import MultiScaleFlow, check_divisible
-from lgm.flow.nets import resnet
+from lgm.flow.nets import mlp, resnet
 from lgm.flow.preprocess import make_preprocessing
-from lgm.flow.priors import SplitPrior, TopPrior
+from lgm.flow.priors import SplitPrior, TopPrior, make_prior
 
 
 class RealNVP(MultiScaleFlow):
@@ -81,4 +83,46 @@ class RealNVP(MultiScaleFlow):
             shape=list(shape), levels=levels, hidden=hidden, blocks=blocks, scale=scale, learned_prior=learned_prior,
             n_classes=n_classes, n_bits=n_bits, data_range=data_range, logit_alpha=logit_alpha, normalize=normalize,
             pad_to=pad_to,
+        )
+
+
+class VectorRealNVP(Flow):
+    """RealNVP on continuous vectors (e.g. the 2-D toys): affine couplings on flat features that
+    alternate the changed half, then a standard prior. Samples of any shape are flattened to ``D``
+    features (D even).
+
+    Args:
+        shape: shape of one sample, ``2`` for 2-D points.
+        couplings: number of affine couplings.
+        hidden, depth, activation: each coupling network's MLP (`lgm.flow.nets.mlp`), zero-initialised.
+        partition: ``"halves"`` or ``"even_odd"``.
+        scale: positivity map of the couplings, see `lgm.flow.scales`.
+        prior: ``"gaussian"`` or ``"logistic"``.
+    """
+
+    def __init__(
+        self,
+        shape: int | Sequence[int] = 2,
+        couplings: int = 8,
+        hidden: int = 64,
+        depth: int = 2,
+        activation: str = "relu",
+        partition: str = "halves",
+        scale: str = "softclamp",
+        prior: str = "gaussian",
+    ) -> None:
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        dim = math.prod(shape)
+        check_partition(dim, partition)
+        if couplings < 1:
+            raise ValueError(f"couplings must be at least 1, got {couplings}")
+        layers: list[Transform] = [Reshape(shape, (dim,))]
+        for i in range(couplings):
+            net = mlp(dim // 2, dim, hidden=hidden, depth=depth, activation=activation)
+            change = "second" if i % 2 == 0 else "first"
+            layers.append(AffineVectorCoupling(dim, net, partition=partition, change=change, scale=scale))
+        super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape)
+        self.init_args = dict(
+            shape=list(shape), couplings=couplings, hidden=hidden, depth=depth, activation=activation,
+            partition=partition, scale=scale, prior=prior,
         )
