@@ -36,7 +36,7 @@ from lgm.evaluate.features import Protocol, get_protocol, real_images
 from lgm.evaluate.quality import QUALITY_METRICS, generate, quality_metrics, reference_features
 from lgm.flow.base import Flow
 from lgm.flow.discrete import dequantize, reduce_bits
-from lgm.flow.io import flow_spec, load
+from lgm.flow.io import atomic_write_text, flow_spec, load
 from lgm.flow.multiscale import MultiScaleFlow
 from lgm.flow.nice import NiceFlow
 from lgm.viz.images import plot_corruption, plot_image_panels, plot_interpolations, plot_latent_norms, plot_scales
@@ -126,7 +126,7 @@ def evaluate(out: str | Path, settings: EvalSettings, ckpt: str | Path | None = 
     if flow is not None and settings.figures:
         report["diagnostics"], report["figures"] = _flow_figures(flow, arrays, settings, out)
     report["wall_time_s"] = round(time.time() - start, 1)
-    out.write_text(_json(report))
+    atomic_write_text(_json(report), out)
     return report
 
 

@@ -16,6 +16,9 @@ import importlib
 import os
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
 from pathlib import Path
 
 import torch
@@ -51,22 +54,35 @@ def save(flow: Flow, path: str | os.PathLike) -> None:
     atomic_save(payload, path)
 
 
-def atomic_save(payload: object, path: str | os.PathLike) -> None:
-    """``torch.save(payload, path)`` atomically on any local file system: into a temporary file beside
+@contextmanager
+def _atomic_file(path: str | os.PathLike, mode: str) -> Iterator[IO]:
+    """A file to write that replaces ``path`` only once it is complete: a temporary file beside
     ``path``, flushed to disk, then renamed over it. A crash or kill at any moment leaves either the
     previous file or the new one, never a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_save(payload: object, path: str | os.PathLike) -> None:
+    """``torch.save(payload, path)`` atomically on any local file system (see `_atomic_file`)."""
+    with _atomic_file(path, "wb") as f:
+        torch.save(payload, f)
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    """Write ``text`` to ``path`` atomically (reports: never a half-written JSON file)."""
+    with _atomic_file(path, "w") as f:
+        f.write(text)
 
 
 def check_readable(path: str | os.PathLike) -> None:

@@ -11,6 +11,7 @@ import torch
 from torchvision.utils import save_image
 
 from lgm.evaluate.density import kl_to_truth
+from lgm.flow.io import atomic_write_text
 from lgm.train.ema import FlowEMA
 from lgm.viz.density import plot_density_comparison, plot_samples
 
@@ -51,7 +52,7 @@ class ToyDiagnostics(L.Callback):
         finally:
             flow.train(was_training)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "toy_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write_text(json.dumps(report, indent=2) + "\n", out / "toy_report.json")
         for logger in trainer.loggers:
             logger.log_metrics({k: v for k, v in report.items() if isinstance(v, float)}, step=trainer.global_step)
         summary = ", ".join(f"{k} = {v:.4f}" for k, v in report.items() if isinstance(v, float))
