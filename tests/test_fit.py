@@ -72,3 +72,10 @@ def test_read_history_keeps_the_later_row_of_a_repeated_step(tmp_path):
     path.write_text("epoch,step,train/bpd,val/bpd\n0,9,5.0,\n0,19,4.0,\n0,19,3.5,\n0,19,,3.9\n")
     assert read_history(path) == {"train/bpd": [(9, 5.0), (19, 3.5)], "val/bpd": [(19, 3.9)]}
     assert read_history(tmp_path / "missing.csv") == {}
+
+
+def test_fit_flow_gives_a_cosine_schedule_its_step_budget(tmp_path):
+    result = fit_flow(NiceFlow(2, hidden=16), small_data(), steps=12, run_dir=tmp_path, progress=False,
+                      lr=1e-3, schedule="cosine", min_lr=1e-5)
+    state = torch.load(result.checkpoint, weights_only=False)["lr_schedulers"][0]
+    assert state["last_epoch"] == 12 and state["_last_lr"][0] == pytest.approx(1e-5)

@@ -112,6 +112,8 @@ def fit_flow(
         ckpt_path = str(last)
 
     L.seed_everything(seed, verbose=False)
+    if steps is not None:  # the step budget is enforced here, not by the trainer, so a cosine schedule learns it here
+        module_args.setdefault("schedule_steps", steps)
     module = FlowModule(flow, seed=seed, **module_args)
     timer = Timer(timedelta(minutes=minutes), interval="step") if minutes is not None else None
     at_stop = StopAndCheckpoint(last, steps, timer)
