@@ -48,7 +48,11 @@ def kl_to_truth(
 
     Returns ``(kl, standard_error)`` in nats.
     """
-    gaps = torch.cat(
-        [(true_log_prob(x).double() - model_log_prob(x).double()) for x in samples.split(batch_size)]
-    )
+    chunks = samples.split(batch_size)
+    return kl_from_log_probs(torch.cat([true_log_prob(x) for x in chunks]), torch.cat([model_log_prob(x) for x in chunks]))
+
+
+def kl_from_log_probs(true_log_probs: Tensor, model_log_probs: Tensor) -> tuple[float, float]:
+    """``(KL(true || model), standard error)`` in nats from both log-densities ``[N]`` at N true samples."""
+    gaps = true_log_probs.double() - model_log_probs.double()
     return float(gaps.mean()), float(gaps.std() / math.sqrt(len(gaps)))

@@ -1,4 +1,5 @@
-"""Normalising flows: transforms with exact inverses and log-determinants, priors, and models.
+"""Normalising flows: transforms with exact inverses and log-determinants, priors, and models
+(NICE, RealNVP, Glow), and a continuous flow trained by flow matching (`FlowMatching`).
 
 Direction convention: ``forward`` maps data -> latent and returns ``(z, log|det dz/dx|)``;
 ``inverse`` maps latent -> data. ``Flow.log_prob`` is in nats per sample.
@@ -11,6 +12,7 @@ from lgm.flow.coupling import AdditiveCoupling, AffineCoupling, AffineVectorCoup
 from lgm.flow.glow import Glow
 from lgm.flow.io import load, save
 from lgm.flow.layers import ActNorm, ChannelPermutation, DiagonalScaling, InvConv1x1, Squeeze
+from lgm.flow.matching import FlowMatching
 from lgm.flow.multiscale import MultiScaleFlow
 from lgm.flow.nets import mlp
 from lgm.flow.nice import NiceFlow
@@ -30,6 +32,7 @@ __all__ = [
     "DataInitialized",
     "DiagonalScaling",
     "Flow",
+    "FlowMatching",
     "Glow",
     "InvertibilityReport",
     "InvConv1x1",

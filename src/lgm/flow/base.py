@@ -220,6 +220,21 @@ class Flow(nn.Module):
         dims = math.prod(self.shape)
         return -log_px / (dims * math.log(2)) + self.n_bits
 
+    # What training minimises. Coupling flows train on their likelihood; a model trained on another
+    # objective (flow matching) overrides these, and may ask to be validated on it too, when its
+    # likelihood is expensive.
+    validate_likelihood = True
+
+    @property
+    def objective_name(self) -> str:
+        """Short name of `objective` for logs: ``"nll"`` (nats) or ``"bpd"`` (bits/dim of images)."""
+        return "nll" if self.n_bits is None else "bpd"
+
+    def objective(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The per-sample training loss ``[B]``: ``-log_prob(x)`` for continuous data, `bits_per_dim`
+        for discrete images (``x`` as the data module gives it)."""
+        return -self.log_prob(x, labels) if self.n_bits is None else self.bits_per_dim(x, labels)
+
     def sample(self, n: int, temperature: float = 1.0, labels: Tensor | None = None) -> Tensor:
         """Draw ``n`` samples ``[n, *shape]``; ``temperature`` scales the prior's standard deviation.
 

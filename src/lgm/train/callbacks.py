@@ -10,7 +10,7 @@ import torch
 
 from torchvision.utils import save_image
 
-from lgm.evaluate.density import kl_to_truth
+from lgm.evaluate.density import kl_from_log_probs
 from lgm.flow.io import atomic_write_text
 from lgm.train.ema import FlowEMA
 from lgm.viz.density import plot_density_comparison, plot_samples
@@ -67,9 +67,10 @@ class ToyDiagnostics(L.Callback):
 
         fresh = density.sample(self.n_kl, seed=self.seed)
         report: dict = {"density": density.name, "n_fresh_samples": self.n_kl}
-        report["nll_fresh"] = float(-torch.cat([model_log_prob(x) for x in fresh.split(65_536)]).double().mean())
+        fresh_log_probs = torch.cat([model_log_prob(x) for x in fresh.split(65_536)])
+        report["nll_fresh"] = float(-fresh_log_probs.double().mean())
         if density.has_log_prob:
-            report["kl_true_model"], report["kl_standard_error"] = kl_to_truth(model_log_prob, density.log_prob, fresh)
+            report["kl_true_model"], report["kl_standard_error"] = kl_from_log_probs(density.log_prob(fresh), fresh_log_probs)
         if hasattr(density, "entropy"):
             report["true_entropy"] = density.entropy()
         figures = out / "figures"

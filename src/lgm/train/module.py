@@ -123,16 +123,22 @@ class FlowModule(L.LightningModule):
 
     @property
     def metric(self) -> str:
+        """The likelihood's name in logs: ``nll`` (nats, continuous data) or ``bpd`` (images)."""
         return "nll" if self.flow.n_bits is None else "bpd"
 
     # -- the loss ---------------------------------------------------------------------------------
 
     def _loss(self, batch: Batch, dequant_samples: int = 1) -> Tensor:
-        """Per-sample loss ``[B]`` in float32: nats for continuous data, bits/dim for images."""
+        """Per-sample negative likelihood ``[B]`` in float32: nats for continuous data, bits/dim for images."""
         x, labels = self._split(batch)
         if self.flow.n_bits is None:
             return -self.flow.log_prob(x, labels).float()
         return self.flow.bits_per_dim(x, labels, dequant_samples=dequant_samples).float()
+
+    def _objective(self, batch: Batch) -> Tensor:
+        """Per-sample training loss ``[B]`` in float32 (the likelihood's, unless the flow trains on another)."""
+        x, labels = self._split(batch)
+        return self.flow.objective(x, labels).float()
 
     def _split(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
         """``(data, labels)``; labels only for class-conditional flows."""
@@ -154,10 +160,10 @@ class FlowModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         with self._random_stream(0, self.current_epoch, batch_idx, self.global_rank):
-            loss = self._loss(batch).mean()
+            loss = self._objective(batch).mean()
         self._last_loss, self._last_batch = loss.detach(), (batch, batch_idx)
         if torch.isfinite(loss):
-            self.log(f"train/{self.metric}", loss, prog_bar=True)
+            self.log(f"train/{self.flow.objective_name}", loss, prog_bar=True)
         # A non-finite loss is still returned: under DDP every rank must run backward, and its
         # non-finite gradients are caught in on_before_optimizer_step on every rank alike.
         return loss
@@ -189,7 +195,7 @@ class FlowModule(L.LightningModule):
         if self._last_batch is not None:
             batch, batch_idx = self._last_batch
             with torch.no_grad(), self._random_stream(0, self.current_epoch, batch_idx, self.global_rank):
-                where = describe_nonfinite(self.flow, lambda: self._loss(batch))
+                where = describe_nonfinite(self.flow, lambda: self._objective(batch))
         return (
             f"training diverged: {self.bad_in_a_row} steps in a row had a non-finite loss or gradient "
             f"(the last at step {self.global_step}, epoch {self.current_epoch}, batch {self._last_batch[1] if self._last_batch else '?'}); "
@@ -199,12 +205,13 @@ class FlowModule(L.LightningModule):
         )
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self.val_mean.update(self._evaluation_loss(batch, batch_idx))
+        self.val_mean.update(self._evaluation_loss(batch, batch_idx, likelihood=self.flow.validate_likelihood))
 
     def on_validation_epoch_end(self) -> None:
         value = self.val_mean.compute()  # synced across ranks
         self.val_mean.reset()
-        self.log(f"val/{self.metric}", value, prog_bar=True)
+        name = self.metric if self.flow.validate_likelihood else self.flow.objective_name
+        self.log(f"val/{name}", value, prog_bar=True)
         self.log("val/loss", value)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
@@ -215,12 +222,12 @@ class FlowModule(L.LightningModule):
         self.test_mean.reset()
         self.log(f"test/{self.metric}", value)
 
-    def _evaluation_loss(self, batch: Batch, batch_idx: int) -> Tensor:
+    def _evaluation_loss(self, batch: Batch, batch_idx: int, likelihood: bool = True) -> Tensor:
         # Data-parallel rank r evaluates batches r, r + W, ... (`lgm.data.InMemoryBatches`): seed by the
         # batch's position in the whole set, so the numbers do not depend on the number of ranks.
         position = batch_idx * self.trainer.world_size + self.global_rank
         with self._random_stream(1, position):
-            return self._loss(batch, self.dequant_samples)
+            return self._loss(batch, self.dequant_samples) if likelihood else self._objective(batch)
 
     # -- optimisation -----------------------------------------------------------------------------
 

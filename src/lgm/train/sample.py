@@ -10,6 +10,8 @@ from torchvision.utils import save_image
 
 from lgm.flow.discrete import quantize
 from lgm.flow.io import load
+from lgm.flow.matching import FlowMatching
+from lgm.flow.ode import SOLVERS, check_solver
 from lgm.viz.density import plot_samples
 
 
@@ -27,6 +29,8 @@ def sample_main(argv: list[str]) -> Path:
         "--labels", type=int, nargs="+", help="classes to sample, for class-conditional models (default: all, in turn)"
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--solver", choices=SOLVERS, help="ODE solver, for continuous flows (default: the model's)")
+    parser.add_argument("--steps", type=int, help="ODE solver steps, for continuous flows (default: the model's)")
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error(f"--n must be at least 1, got {args.n}")
@@ -41,6 +45,15 @@ def sample_main(argv: list[str]) -> Path:
         labels = wanted.repeat((args.n + len(wanted) - 1) // len(wanted))[: args.n].to(args.device)
     elif args.labels:
         parser.error("--labels needs a class-conditional model; this one is not")
+    if args.solver is not None or args.steps is not None:
+        if not isinstance(flow, FlowMatching):
+            parser.error("--solver and --steps apply to continuous flows (FlowMatching) only")
+        flow.solver = args.solver if args.solver is not None else flow.solver
+        flow.steps = args.steps if args.steps is not None else flow.steps
+        try:
+            check_solver(flow.solver, flow.steps)
+        except (ValueError, ModuleNotFoundError) as e:
+            parser.error(str(e))
     torch.manual_seed(args.seed)
     try:
         with torch.no_grad():
@@ -58,5 +71,6 @@ def sample_main(argv: list[str]) -> Path:
         plot_samples(x, bounds=((lo[0] - margin[0], hi[0] + margin[0]), (lo[1] - margin[1], hi[1] + margin[1])), path=out)
     else:
         raise SystemExit(f"cannot draw samples of shape {list(x.shape[1:])}: only images and 2-D points")
-    print(f"wrote {args.n} samples at temperature {args.temperature} to {out}")
+    cost = f" ({flow.last_nfe} velocity evaluations, {flow.solver} x {flow.steps})" if isinstance(flow, FlowMatching) else ""
+    print(f"wrote {args.n} samples at temperature {args.temperature} to {out}{cost}")
     return out
