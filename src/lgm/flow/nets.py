@@ -117,7 +117,8 @@ class ChannelsLastNet(nn.Sequential):
     * ``Conv2d`` then `ActNormLayer` runs as `ActNormLayer.after_conv`: the same map, with one pass
       over the hidden activations fewer and those activations not kept for the backward pass. Until
       the actnorm is initialised from data, the two run separately (the actnorm needs to see the
-      convolution's output).
+      convolution's output). Fused, the pair runs as one functional convolution: forward hooks on
+      that ``Conv2d`` and `ActNormLayer` do not fire (hooks on the network itself and on the ReLUs do).
 
     It is a `nn.Sequential` underneath, so state-dict keys are those of a plain one and checkpoints
     load either way. Input ``[B, C_in, H, W]``, output ``[B, C_out, H, W]`` (contiguous).
