@@ -131,6 +131,7 @@ def copy_nice(ours: nn.Module, theirs: nn.Module) -> None:
 def compare(config: Config, variant: str, dtype: torch.dtype, n: int) -> tuple[float, float]:
     """Max relative difference of ``log p`` per image, and lgm's mean ``log p`` (nats)."""
     torch.set_default_dtype(dtype)
+    torch.manual_seed(0)  # the layers' default initialisation, before `randomised` perturbs it
     try:
         y = uniform_images(n, config.shape).to(dtype)
         affine = variant == "affine, zero shift"
