@@ -18,7 +18,7 @@ from lgm.evaluate import features as features_module
 from lgm.evaluate.baselines import PixelGaussian
 from lgm.evaluate.classifier import SHIPPED_TEST_ACCURACY, SHIPPED_WEIGHTS, classifier_for, load_classifier, save_classifier
 from lgm.evaluate.classifier_fit import accuracy, random_shift
-from lgm.evaluate.diagnostics import chi_log_pdf, chi_mean, occlude
+from lgm.evaluate.diagnostics import chi_log_pdf, chi_mean, logistic_to_gaussian, occlude, standardized_latents
 from lgm.evaluate.features import Protocol, cached_features, extract_features, inception_protocol, tf_bilinear_resize
 from lgm.flow import Glow, NiceFlow, save
 from lgm.train.cli import main
@@ -249,6 +249,26 @@ def test_chi_density_integrates_to_one_with_its_mean():
     dr = r[1] - r[0]
     assert float(pdf.sum() * dr) == pytest.approx(1.0, abs=1e-6)
     assert float((r * pdf).sum() * dr) == pytest.approx(chi_mean(784), abs=1e-6)
+
+
+def test_logistic_latents_become_standard_normal_even_in_the_tails():
+    u = torch.rand(200_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    logistic = torch.log(u) - torch.log1p(-u)
+    eps = logistic_to_gaussian(logistic.float()).double()
+    assert abs(eps.mean().item()) < 0.01 and abs(eps.std().item() - 1) < 0.01
+    assert abs((eps.abs() > 1.959964).double().mean().item() - 0.05) < 0.002  # the two-sided 5% tail
+    tails = logistic_to_gaussian(torch.tensor([-60.0, -20.0, 0.0, 20.0, 60.0]))
+    assert torch.isfinite(tails).all() and (tails.diff() > 0).all() and tails[2] == 0
+
+
+def test_standardized_latents_of_a_logistic_nice_follow_the_chi_distribution():
+    """Data drawn from the model itself: its standardised latents are N(0, I)."""
+    torch.manual_seed(0)
+    nice = NiceFlow(shape=16, couplings=2, hidden=8, depth=1, prior="logistic")
+    with torch.no_grad():
+        x = nice.decode(nice.prior.sample(4000))
+        norms = standardized_latents(nice, x).norm(dim=1)
+    assert norms.mean().item() == pytest.approx(chi_mean(16), abs=0.03)
 
 
 def test_occlusion_blacks_out_the_asked_fraction():

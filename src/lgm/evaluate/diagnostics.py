@@ -27,31 +27,33 @@ def prior_is_gaussian(flow: Flow) -> bool:
     return not isinstance(flow.prior, StandardLogistic)
 
 
+def logistic_to_gaussian(z: Tensor) -> Tensor:
+    """Map standard-logistic values to standard-normal ones, coordinate-wise and monotonically:
+    ``Phi^-1(sigmoid(z))``, computed as ``-sign(z) Phi^-1(sigmoid(-|z|))`` in float64 so that the tails
+    do not round to ``sigmoid(z) = 1``. Returns float32."""
+    tail = torch.sigmoid(-z.double().abs())
+    return (-z.sign() * torch.special.ndtri(tail)).float()
+
+
 @torch.no_grad()
 def standardized_latents(flow: Flow, x: Tensor, labels: Tensor | None = None) -> Tensor:
-    """Latents of data ``x`` (``[B, *shape]`` in [0, 1]) in the prior's standard form, flattened ``[B, D]``.
+    """Latents of data ``x`` (``[B, *shape]`` in [0, 1]) made standard normal under the model, ``[B, D]``.
 
     For multi-scale flows each level's latent ``z`` becomes ``(z - mean) / std`` under its (learned,
-    conditional) prior, so that under the model the result is N(0, I) and its norm follows the chi
-    distribution with ``D`` degrees of freedom. Other flows return their latent as it is (N(0, I)
-    or the standard logistic, see `prior_is_gaussian`).
+    conditional) prior. A standard-logistic prior's latents (NICE) go through `logistic_to_gaussian`.
+    Either way, if the model were the data's distribution, the result would be N(0, I) and its norm
+    would follow the chi distribution with ``D`` degrees of freedom (`chi_log_pdf`).
     """
     if not isinstance(flow, MultiScaleFlow):
-        return flow.encode(x).flatten(1)
+        z = flow.encode(x).flatten(1)
+        return z if prior_is_gaussian(flow) else logistic_to_gaussian(z)
     flow.check_input(x)
     if flow.n_classes and labels is None:
         raise ValueError("a class-conditional flow needs the labels of x to standardise its latents")
-    h, _ = flow.transform(x)
-    parts = []
-    for i, level in enumerate(flow.levels):
-        h, _ = level(h)
-        if i < len(flow.split_priors):
-            h, z = h.chunk(2, dim=1)
-            mean, log_std = flow.split_priors[i].params(h, labels)
-            parts.append(((z - mean) * (-log_std).exp()).flatten(1))
-    mean, log_std = flow.prior.params(h.shape[0], labels)
-    parts.append(((h - mean) * (-log_std).exp()).flatten(1))
-    return torch.cat(parts, dim=1)
+    latents, kept, _ = flow.forward_levels(x)
+    params = [prior.params(h, labels) for prior, h in zip(flow.split_priors, kept)]
+    params.append(flow.prior.params(len(x), labels))
+    return torch.cat([((z - mean) * (-log_std).exp()).flatten(1) for z, (mean, log_std) in zip(latents, params)], dim=1)
 
 
 def chi_log_pdf(r: Tensor, dof: int) -> Tensor:

@@ -23,12 +23,10 @@ from torch import Tensor
 from lgm.data.images import load_images
 from lgm.evaluate.baselines import PixelGaussian
 from lgm.evaluate.diagnostics import (
-    chi_log_pdf,
     chi_mean,
     corrupted_likelihoods,
     gaussian_noise,
     mean_bits_per_dim,
-    prior_is_gaussian,
     standardized_latents,
     to_data,
 )
@@ -185,28 +183,28 @@ def _flow_figures(flow: Flow, arrays, settings: EvalSettings, out: Path) -> tupl
     labels = y_show if flow.n_classes else None
     torch.manual_seed(settings.seed)
     panels = [(f"T = {t}", generate(flow, 36, t, settings.seed)) for t in settings.figure_temperatures]
-    plot_image_panels(path("samples_temperatures"), panels, size=3)
-    plot_image_panels(path("real_vs_generated"), [
+    plot_image_panels(panels, size=3, path=path("samples_temperatures"))
+    plot_image_panels([
         (f"real ({settings.data} test)", x_show),
         (f"generated (T = {settings.temperature})", generate(flow, 64, settings.temperature, settings.seed)),
-    ])
+    ], path=path("real_vs_generated"))
 
     x = to_data(x_show)
     z = flow.encode(x)
     back = flow.decode(z)
     diagnostics["reconstruction_max_abs_error"] = (back - x).abs().max().item()
-    plot_image_panels(path("reconstructions"), [("test images", x[:32]), ("decode(encode(x))", back[:32].clamp(0, 1))], nrow=8)
+    plot_image_panels([("test images", x[:32]), ("decode(encode(x))", back[:32].clamp(0, 1))], nrow=8, path=path("reconstructions"))
 
     xa, xb = x[:6], x[6:12]
     if isinstance(flow, MultiScaleFlow):
         for k in range(1, len(flow.latent_shapes) + 1):
             name = "interpolation" if k == len(flow.latent_shapes) else f"interpolation_levels{k}"
             what = "all levels" if k == len(flow.latent_shapes) else f"the first {k} (finest) latent(s) only"
-            plot_interpolations(path(name), flow.interpolate(xa, xb, steps=9, levels=k), f"latent interpolation, {what}")
+            plot_interpolations(flow.interpolate(xa, xb, steps=9, levels=k), f"latent interpolation, {what}", path=path(name))
     else:
         za, zb = flow.encode(xa), flow.encode(xb)
         frames = torch.stack([flow.decode(za + t * (zb - za)).clamp(0, 1) for t in torch.linspace(0, 1, 9).tolist()])
-        plot_interpolations(path("interpolation"), frames, "latent interpolation")
+        plot_interpolations(frames, "latent interpolation", path=path("interpolation"))
 
     n_norm = min(2000, len(arrays.x_test))
     # Dequantised as in training: under a perfect model these latents follow the prior exactly.
@@ -214,25 +212,19 @@ def _flow_figures(flow: Flow, arrays, settings: EvalSettings, out: Path) -> tupl
                                           arrays.y_test[i : i + 500] if flow.n_classes else None)
                      for i in range(0, n_norm, 500)])
     norms, dof = eps.norm(dim=1), eps.shape[1]
-    diagnostics["latent_norms"] = {"test_mean": norms.mean().item(), "dimensions": dof}
-    if prior_is_gaussian(flow):
-        diagnostics["latent_norms"]["chi_mean"] = chi_mean(dof)
-        plot_latent_norms(path("latent_norms"), norms, dof, log_pdf=lambda r: chi_log_pdf(r, dof))
-    else:
-        reference = flow.prior.sample(n_norm).flatten(1).norm(dim=1)
-        diagnostics["latent_norms"]["prior_sample_mean"] = reference.mean().item()
-        plot_latent_norms(path("latent_norms"), norms, dof, reference=reference)
+    diagnostics["latent_norms"] = {"test_mean": norms.mean().item(), "dimensions": dof, "chi_mean": chi_mean(dof)}
+    plot_latent_norms(norms, dof, path=path("latent_norms"))
 
     if isinstance(flow, NiceFlow):
         log_scale = flow.scaling.log_scale().detach().cpu()
         side = math.isqrt(len(log_scale) // flow.shape[0])
-        plot_scales(path("nice_scales"), log_scale.reshape(flow.shape[0], side, side)[0], "NICE log-scales per dimension")
+        plot_scales(log_scale.reshape(flow.shape[0], side, side)[0], "NICE log-scales per dimension", path=path("nice_scales"))
 
     x_corrupt, y_corrupt = arrays.x_test[pick[:500]], arrays.y_test[pick[:500]]
     torch.manual_seed(settings.seed)
     curves = corrupted_likelihoods(flow, x_corrupt, y_corrupt if flow.n_classes else None, seed=settings.seed)
     diagnostics["corruption"] = {**curves, "images": len(x_corrupt)}
-    plot_corruption(path("corruption"), curves)
+    plot_corruption(curves, path=path("corruption"))
     return diagnostics, figures
 
 

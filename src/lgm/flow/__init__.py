@@ -5,6 +5,7 @@ Direction convention: ``forward`` maps data -> latent and returns ``(z, log|det 
 """
 
 from lgm.flow.base import Compose, DataInitialized, Flow, Reshape, Transform
+from lgm.flow.checks import InvertibilityReport, check_invertible, jacobian_logdet
 from lgm.flow.discrete import dequantize, quantize, reduce_bits
 from lgm.flow.coupling import AdditiveCoupling, AffineCoupling, AffineVectorCoupling
 from lgm.flow.glow import Glow
@@ -30,6 +31,7 @@ __all__ = [
     "DiagonalScaling",
     "Flow",
     "Glow",
+    "InvertibilityReport",
     "InvConv1x1",
     "Logit",
     "MultiScaleFlow",
@@ -46,8 +48,10 @@ __all__ = [
     "TopPrior",
     "Transform",
     "VectorRealNVP",
+    "check_invertible",
     "dequantize",
     "get_scale_map",
+    "jacobian_logdet",
     "load",
     "make_preprocessing",
     "make_prior",

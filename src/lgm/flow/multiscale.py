@@ -55,19 +55,28 @@ class MultiScaleFlow(Flow):
         self.latent_shapes = [tuple(s) for s in latent_shapes]
         self.n_classes = n_classes
 
-    def _encode(self, x: Tensor, labels: Tensor | None) -> tuple[list[Tensor], Tensor]:
-        """``([z_1, ..., z_L], log p(x))``."""
-        h, log_p = self.transform(x)
-        latents = []
+    def forward_levels(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """The bijection without the priors: data ``x`` -> ``([z_1, ..., z_L], [h_1, ..., h_{L-1}], logdet)``,
+        with ``h_i`` the half kept at split ``i`` (what the split prior of ``z_i`` is conditioned on)
+        and ``logdet`` ``[B]`` summed over the preprocessing and every level."""
+        h, logdet = self.transform(x)
+        latents, kept = [], []
         for i, level in enumerate(self.levels):
-            h, logdet = level(h)
-            log_p = log_p + logdet
+            h, level_logdet = level(h)
+            logdet = logdet + level_logdet
             if i < len(self.split_priors):
                 h, z = h.chunk(2, dim=1)
-                log_p = log_p + self.split_priors[i].log_prob(z, h, labels)
                 latents.append(z)
+                kept.append(h)
         latents.append(h)
-        return latents, log_p + self.prior.log_prob(h, labels)
+        return latents, kept, logdet
+
+    def _encode(self, x: Tensor, labels: Tensor | None) -> tuple[list[Tensor], Tensor]:
+        """``([z_1, ..., z_L], log p(x))``."""
+        latents, kept, log_p = self.forward_levels(x)
+        for prior, z, h in zip(self.split_priors, latents, kept):
+            log_p = log_p + prior.log_prob(z, h, labels)
+        return latents, log_p + self.prior.log_prob(latents[-1], labels)
 
     def log_prob(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         self.check_input(x)

@@ -76,10 +76,10 @@ class ToyDiagnostics(L.Callback):
         figures.mkdir(parents=True, exist_ok=True)
         data = trainer.datamodule.train_data[: self.n_kl]
         plot_density_comparison(
-            figures / "density.png", model_log_prob, data, density.bounds,
-            true_log_prob=density.log_prob if density.has_log_prob else None,
+            model_log_prob, data, density.bounds,
+            true_log_prob=density.log_prob if density.has_log_prob else None, path=figures / "density.png",
         )
-        plot_samples(figures / "samples.png", flow.sample(self.n_samples).cpu(), density.bounds, data[: self.n_samples])
+        plot_samples(flow.sample(self.n_samples).cpu(), density.bounds, data[: self.n_samples], path=figures / "samples.png")
         return report
 
 

@@ -58,8 +58,10 @@ class FlowModule(L.LightningModule):
         warmup_steps: linear learning-rate warmup from 0, in optimiser steps.
         warmup_epochs: the same in epochs (openai/glow warms up over 10); exclusive with ``warmup_steps``.
         schedule: after warmup, ``"constant"`` or ``"cosine"`` decay to ``min_lr`` at the last step
-            (needs ``max_epochs`` or ``max_steps``).
+            (needs ``schedule_steps``, or the trainer's ``max_epochs`` or ``max_steps``).
         min_lr: the learning rate the cosine schedule ends at.
+        schedule_steps: the schedule's length in optimiser steps (default: from the trainer's
+            ``max_steps`` / ``max_epochs``).
         max_bad_steps: non-finite steps in a row before training stops.
         seed: seed of the per-step random streams.
         dequant_samples: dequantisation samples per image for validation and test bits/dim
@@ -83,6 +85,7 @@ class FlowModule(L.LightningModule):
         warmup_epochs: float = 0.0,
         schedule: str = "constant",
         min_lr: float = 0.0,
+        schedule_steps: int | None = None,
         max_bad_steps: int = 10,
         seed: int = 0,
         dequant_samples: int = 1,
@@ -100,8 +103,8 @@ class FlowModule(L.LightningModule):
             raise ValueError("give warmup_steps or warmup_epochs, not both")
         if lr <= 0 or not 0 <= min_lr <= lr:
             raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={lr}, min_lr={min_lr}")
-        if warmup_steps < 0 or warmup_epochs < 0 or max_bad_steps < 1:
-            raise ValueError("warmup_steps and warmup_epochs must be >= 0 and max_bad_steps >= 1")
+        if warmup_steps < 0 or warmup_epochs < 0 or max_bad_steps < 1 or (schedule_steps is not None and schedule_steps < 1):
+            raise ValueError("warmup_steps and warmup_epochs must be >= 0, max_bad_steps and schedule_steps >= 1")
         self.flow = flow
         # Plain attributes, not save_hyperparameters(): Lightning's CLI would let hyperparameters saved in
         # a checkpoint override the command line (e.g. --model.dequant_samples for a test). The run's
@@ -109,6 +112,7 @@ class FlowModule(L.LightningModule):
         self.lr, self.optimizer_name, self.betas = lr, optimizer, tuple(betas)
         self.weight_decay, self.decay_scales = weight_decay, decay_scales
         self.warmup_steps, self.warmup_epochs, self.schedule, self.min_lr = warmup_steps, warmup_epochs, schedule, min_lr
+        self.schedule_steps = schedule_steps
         self.max_bad_steps, self.seed = max_bad_steps, seed
         self.dequant_samples, self.init_samples = dequant_samples, init_samples
         self.gradient_checkpointing, self.compile_nets = gradient_checkpointing, compile
@@ -228,7 +232,9 @@ class FlowModule(L.LightningModule):
             per_epoch, total = self._schedule_lengths()
             warmup = warmup or round(self.warmup_epochs * per_epoch)
             if self.schedule == "cosine" and not math.isfinite(total):
-                raise ValueError("the cosine schedule needs a known length: set --trainer.max_epochs or --trainer.max_steps")
+                raise ValueError(
+                    "the cosine schedule needs a known length: set --model.schedule_steps, --trainer.max_epochs or --trainer.max_steps"
+                )
 
         def factor(step: int) -> float:
             return lr_factor(step, warmup, self.schedule, total, self.min_lr / self.lr)
@@ -252,7 +258,7 @@ class FlowModule(L.LightningModule):
         total = math.inf if trainer.max_epochs in (None, -1) else per_epoch * trainer.max_epochs
         if trainer.max_steps != -1:
             total = min(total, trainer.max_steps)
-        return per_epoch, total
+        return per_epoch, self.schedule_steps or total
 
     # -- set-up, initialisation, checkpoints ------------------------------------------------------
 

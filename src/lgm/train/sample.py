@@ -55,7 +55,7 @@ def sample_main(argv: list[str]) -> Path:
     elif x.dim() == 2 and x.shape[1] == 2:
         lo, hi = x.quantile(0.005, dim=0), x.quantile(0.995, dim=0)
         margin = 0.1 * (hi - lo)
-        plot_samples(out, x, bounds=((lo[0] - margin[0], hi[0] + margin[0]), (lo[1] - margin[1], hi[1] + margin[1])))
+        plot_samples(x, bounds=((lo[0] - margin[0], hi[0] + margin[0]), (lo[1] - margin[1], hi[1] + margin[1])), path=out)
     else:
         raise SystemExit(f"cannot draw samples of shape {list(x.shape[1:])}: only images and 2-D points")
     print(f"wrote {args.n} samples at temperature {args.temperature} to {out}")

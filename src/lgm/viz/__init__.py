@@ -1,6 +1,26 @@
-"""Figures: 2-D density comparisons and sample plots; image grids and evaluation plots."""
+"""Figures: 2-D density comparisons and sample plots; image grids and evaluation plots.
+
+Every ``plot_*`` function returns a matplotlib `Figure` (a notebook shows it inline) and saves it
+when given ``path=``.
+"""
 
 from lgm.viz.density import plot_density_comparison, plot_samples
-from lgm.viz.images import grid_image, plot_image_panels, plot_interpolations
+from lgm.viz.images import (
+    grid_image,
+    plot_corruption,
+    plot_image_panels,
+    plot_interpolations,
+    plot_latent_norms,
+    plot_scales,
+)
 
-__all__ = ["grid_image", "plot_density_comparison", "plot_image_panels", "plot_interpolations", "plot_samples"]
+__all__ = [
+    "grid_image",
+    "plot_corruption",
+    "plot_density_comparison",
+    "plot_image_panels",
+    "plot_interpolations",
+    "plot_latent_norms",
+    "plot_samples",
+    "plot_scales",
+]

@@ -1,6 +1,7 @@
 """Figures for image flows: sample grids, real vs generated, interpolations, latent norms, scales, corruption.
 
-Images are tensors ``[N, C, H, W]``, uint8 in 0..255 or floats in [0, 1].
+Images are tensors ``[N, C, H, W]``, uint8 in 0..255 or floats in [0, 1]. Every ``plot_*`` function
+returns the matplotlib `Figure` (shown inline by notebooks) and also saves it when given ``path``.
 """
 
 from __future__ import annotations
@@ -8,13 +9,13 @@ from __future__ import annotations
 import math
 import os
 
-import matplotlib
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+from torchvision.utils import make_grid
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
+from lgm.evaluate.diagnostics import chi_log_pdf
+from lgm.viz.figures import finish
 
 
 def grid_image(images: Tensor, nrow: int | None = None) -> Tensor:
@@ -31,68 +32,68 @@ def _show(ax, images: Tensor, title: str, nrow: int | None = None) -> None:
     ax.axis("off")
 
 
-def plot_image_panels(path: str | os.PathLike, panels: list[tuple[str, Tensor]], nrow: int | None = None, size: float = 4) -> None:
-    """Save image grids side by side, one per ``(title, images)`` panel."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size + 0.4), squeeze=False)
+def plot_image_panels(
+    panels: list[tuple[str, Tensor]], nrow: int | None = None, size: float = 4, path: str | os.PathLike | None = None
+) -> Figure:
+    """Image grids side by side, one per ``(title, images)`` panel."""
+    fig = Figure(figsize=(size * len(panels), size + 0.4))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, images) in zip(axes[0], panels):
         _show(ax, images, title, nrow)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return finish(fig, path)
 
 
-def plot_interpolations(path: str | os.PathLike, frames: Tensor, title: str) -> None:
-    """Save interpolation rows: ``frames [steps, B, C, H, W]`` -> B rows of ``steps`` images."""
+def plot_interpolations(frames: Tensor, title: str, path: str | os.PathLike | None = None) -> Figure:
+    """Interpolation rows: ``frames [steps, B, C, H, W]`` -> B rows of ``steps`` images."""
     steps, b = frames.shape[:2]
     rows = frames.transpose(0, 1).reshape(steps * b, *frames.shape[2:])
-    fig, ax = plt.subplots(figsize=(steps * 0.8, b * 0.8 + 0.4))
+    fig = Figure(figsize=(steps * 0.8, b * 0.8 + 0.4))
+    ax = fig.subplots()
     _show(ax, rows, title, nrow=steps)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return finish(fig, path)
 
 
-def plot_latent_norms(path: str | os.PathLike, norms: Tensor, dof: int, reference: Tensor | None = None, log_pdf=None) -> None:
-    """Histogram of latent norms of test data against the prior's: the chi density ``log_pdf`` or prior samples."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    lo = min(norms.min().item(), reference.min().item() if reference is not None else math.sqrt(dof) - 4)
-    hi = max(norms.max().item(), reference.max().item() if reference is not None else math.sqrt(dof) + 4)
-    bins = torch.linspace(lo, hi, 60).numpy()
-    ax.hist(norms.numpy(), bins=bins, density=True, alpha=0.6, label=f"test data ({len(norms)})")
-    if reference is not None:
-        ax.hist(reference.numpy(), bins=bins, density=True, alpha=0.5, label=f"prior samples ({len(reference)})")
-    if log_pdf is not None:
-        r = torch.linspace(max(lo, 1e-3), hi, 400)
-        ax.plot(r.numpy(), log_pdf(r).exp().numpy(), "k-", label=f"prior: chi, {dof} degrees of freedom")
+def plot_latent_norms(norms: Tensor, dof: int, path: str | os.PathLike | None = None) -> Figure:
+    """Histogram of the norms of standardised latents of test data (see
+    `lgm.evaluate.standardized_latents`) against the chi density with ``dof`` degrees of freedom: the
+    norms' distribution if the model were right."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    lo = min(norms.min().item(), math.sqrt(dof) - 4)
+    hi = max(norms.max().item(), math.sqrt(dof) + 4)
+    ax.hist(norms.numpy(), bins=torch.linspace(lo, hi, 60).numpy(), density=True, alpha=0.6, label=f"test data ({len(norms)})")
+    r = torch.linspace(max(lo, 1e-3), hi, 400)
+    ax.plot(r.numpy(), chi_log_pdf(r, dof).exp().numpy(), "k-", label=f"under the model: chi, {dof} degrees of freedom")
     ax.set_xlabel("latent norm ||z||")
     ax.set_ylabel("density")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return finish(fig, path)
 
 
-def plot_scales(path: str | os.PathLike, log_scale: Tensor, title: str) -> None:
-    """Show per-dimension log-scales ``[H, W]`` (NICE's diagonal scaling) as an image with a colour bar."""
-    fig, ax = plt.subplots(figsize=(5, 4.4))
-    im = ax.imshow(log_scale.numpy(), cmap="viridis", interpolation="nearest")
-    fig.colorbar(im, ax=ax, label="log scale")
-    ax.set_title(title)
-    ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+def plot_scales(log_scale: Tensor, title: str, path: str | os.PathLike | None = None) -> Figure:
+    """Per-dimension log-scales ``[H, W]`` (NICE's diagonal scaling ``z = exp(log_scale) * h``) as an image,
+    and sorted, as a spectrum: a small scale leaves much of the data's variation in that latent."""
+    fig = Figure(figsize=(10, 4))
+    image_ax, sorted_ax = fig.subplots(1, 2)
+    im = image_ax.imshow(log_scale.numpy(), cmap="viridis", interpolation="nearest")
+    fig.colorbar(im, ax=image_ax, label="log scale")
+    image_ax.set_title(title)
+    image_ax.axis("off")
+    sorted_ax.plot(log_scale.flatten().sort().values.numpy())
+    sorted_ax.set_xlabel("dimension, sorted by scale")
+    sorted_ax.set_ylabel("log scale")
+    sorted_ax.grid(alpha=0.3)
+    return finish(fig, path)
 
 
-def plot_corruption(path: str | os.PathLike, curves: dict) -> None:
+def plot_corruption(curves: dict, path: str | os.PathLike | None = None) -> Figure:
     """Bits/dim against the corruption level, one panel per kind (``{"noise": {"levels", "bits_per_dim"}, ...}``)."""
     labels = {"noise": "Gaussian noise sigma (of the [0, 1] range)", "occlusion": "occluded fraction (black square)"}
-    fig, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.8), squeeze=False)
+    fig = Figure(figsize=(5 * len(curves), 3.8))
+    axes = fig.subplots(1, len(curves), squeeze=False)
     for ax, (kind, curve) in zip(axes[0], curves.items()):
         ax.plot(curve["levels"], curve["bits_per_dim"], "o-")
         ax.set_xlabel(labels.get(kind, kind))
         ax.set_ylabel("bits/dim")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    return finish(fig, path)

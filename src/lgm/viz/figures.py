@@ -1,0 +1,20 @@
+"""What every figure function does last: lay the figure out and, when asked, save it.
+
+Figures are built on `matplotlib.figure.Figure` directly, not through ``pyplot``: they need no
+display and no global backend, are never kept alive by pyplot's figure list, and a notebook shows a
+returned `Figure` inline.
+"""
+
+from __future__ import annotations
+
+import os
+
+from matplotlib.figure import Figure
+
+
+def finish(fig: Figure, path: str | os.PathLike | None = None, dpi: int = 100) -> Figure:
+    """Tighten ``fig``'s layout, save it to ``path`` if given, and return it."""
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=dpi)
+    return fig
