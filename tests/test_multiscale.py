@@ -148,12 +148,36 @@ def test_orthogonal_start_and_cached_inverse_follow_the_weights():
     torch.testing.assert_close(w @ w.T, torch.eye(4, dtype=torch.float64), atol=1e-6, rtol=0)  # made in float32
     conv.eval()
     z = torch.randn(2, 4, 3, 3, dtype=torch.float64)
-    first = conv.inverse(z)
-    assert conv._inverse.value is not None
     with torch.no_grad():
+        first = conv.inverse(z)
+        assert conv._inverse.value is not None
         conv.upper.add_(0.3)  # an optimiser step changes the weights in place
-    torch.testing.assert_close(conv(conv.inverse(z))[0], z)
-    assert not torch.allclose(conv.inverse(z), first)
+        torch.testing.assert_close(conv(conv.inverse(z))[0], z)
+        assert not torch.allclose(conv.inverse(z), first)
+
+
+def test_cached_inverse_is_only_used_without_autograd():
+    """With gradients on, every inverse has its own graph (a cached one would be freed by the first
+    backward); a value cached in inference mode is not handed to ordinary no-grad code."""
+    conv = InvConv1x1(4, lu=True, seed=0).double().eval()
+    z = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    for _ in range(2):
+        conv.inverse(z).square().sum().backward()
+    assert conv._inverse.value is None and conv.upper.grad is not None
+    with torch.inference_mode():
+        conv.inverse(z)
+    with torch.no_grad():
+        w_inv = conv._inverse.get(conv, lambda: torch.linalg.inv(conv.matrix()))
+    assert not w_inv.is_inference()
+    torch.testing.assert_close(w_inv @ conv.matrix().detach(), torch.eye(4, dtype=torch.float64))
+
+
+def test_samples_are_ordinary_tensors_and_sampling_leaves_no_graph():
+    model = ready(tiny_glow(), std=0.05).eval()
+    x = model.sample(4, temperature=0.7)
+    assert not x.is_inference() and not x.requires_grad
+    z = model.encode(x)  # usable by autograd code afterwards
+    sum(v.sum() for v in z).backward()
 
 
 def test_temperature_zero_decodes_the_prior_means():

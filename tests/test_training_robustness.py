@@ -199,8 +199,8 @@ def test_bf16_autocast_runs_networks_in_bf16_and_keeps_the_flow_in_float32():
     flow.initialize(torch.rand(64, 1, 8, 8))
     net_dtypes = []
     for module in flow.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            module.register_forward_hook(lambda m, i, o: net_dtypes.append(o.dtype))
+        if isinstance(module, AffineCoupling):  # the coupling networks' own output, before the coupling casts it
+            module.net.register_forward_hook(lambda m, i, o: net_dtypes.append(o.dtype))
     torch.manual_seed(1)
     full = flow.bits_per_dim(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -227,7 +227,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         module.flow.initialize(torch.rand(64, 1, 8, 8))
         module.setup("fit")
         net_calls = []
-        next(m for m in module.flow.modules() if isinstance(m, AffineCoupling)).net[0].register_forward_hook(
+        next(m for m in module.flow.modules() if isinstance(m, AffineCoupling)).net.register_forward_pre_hook(
             lambda *_: net_calls.append(1)
         )
         torch.manual_seed(1)

@@ -175,6 +175,33 @@ def test_scaling_starts_as_identity_where_the_map_allows():
             torch.testing.assert_close(layer.log_scale(), torch.zeros(DIM), atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("builder", [partial(glow_net, hidden=8), partial(resnet, hidden=8, blocks=1)], ids=["glow", "resnet"])
+def test_channels_last_net_computes_the_plain_sequential_map(builder):
+    """The fast path (NHWC layout, conv + actnorm as one convolution, zero conv folded) is the same
+    function as the layers run one by one in NCHW, with the same gradients and state-dict keys."""
+    net = randomise(initialized_net(builder(3, 6), (3, 4, 4)).double(), std=0.3).train()
+    plain = torch.nn.Sequential(*net).to(memory_format=torch.contiguous_format)
+    assert list(net.state_dict()) == list(plain.state_dict())
+    x = torch.randn(5, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    fast, slow = net(x), plain(x.clone())
+    assert fast.is_contiguous()
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+    grads = torch.autograd.grad(fast.square().sum(), [x, *net.parameters()])
+    plain_grads = torch.autograd.grad(slow.square().sum(), [x, *plain.parameters()])
+    for g, h in zip(grads, plain_grads):
+        torch.testing.assert_close(g, h, rtol=1e-10, atol=1e-12)
+
+
+def test_channels_last_net_loads_a_contiguous_state_dict():
+    """Checkpoints written with NCHW weights load into the channels-last network unchanged."""
+    net = initialized_net(glow_net(2, 4, hidden=8), (2, 4, 4))
+    old = {k: v.contiguous() for k, v in randomise(glow_net(2, 4, hidden=8)).state_dict().items()}
+    net.load_state_dict(old)
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, old[k], rtol=0, atol=0)
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
 # --- check_invertible: the sanity check users run before training -------------------------------
 
 

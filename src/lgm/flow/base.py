@@ -88,6 +88,19 @@ class DataInitialized(Transform):
         super().__init__()
         self.register_buffer("initialized", torch.tensor(False))
         self.initializing = False
+        self._known_initialized = False
+
+    @property
+    def is_initialized(self) -> bool:
+        """The ``initialized`` flag, remembered on the Python side once true, so that the hot path
+        never reads it back from an accelerator (a device synchronisation per layer and call)."""
+        if not self._known_initialized:
+            self._known_initialized = bool(self.initialized)
+        return self._known_initialized
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._known_initialized = False  # the loaded flag may say otherwise: read it again
+        super()._load_from_state_dict(*args, **kwargs)
 
     def initialize(self, x: Tensor) -> None:  # pragma: no cover - abstract
         """Set the parameters from a batch ``x`` of this layer's inputs."""
@@ -95,7 +108,7 @@ class DataInitialized(Transform):
 
     def ensure_initialized(self, x: Tensor | None = None) -> None:
         """Initialise from ``x`` inside `data_initialization`; raise a `RuntimeError` if still uninitialised."""
-        if bool(self.initialized):
+        if self.is_initialized:
             return
         if x is None or not self.initializing:
             raise RuntimeError(
@@ -240,11 +253,20 @@ class Flow(nn.Module):
 
         Temperature 0 gives ``n`` copies of the decoded prior mode, ``decode(0)``. Image models
         return images in ``[0, 1]`` (clamped: dequantisation noise may carry values a hair outside).
+        Sampling runs in ``torch.inference_mode`` (no autograd bookkeeping; in eval mode the 1x1
+        convolutions reuse their cached inverses) and returns an ordinary tensor without a graph;
+        for gradients through sampling, ``decode`` prior samples instead.
         """
         if temperature < 0:
             raise ValueError(f"temperature must be non-negative, got {temperature}")
         self.check_labels(labels, n)
-        return self._as_data(self.decode(self.prior.sample(n, temperature=temperature)))
+        with torch.inference_mode():
+            x = self._as_data(self._draw(n, temperature, labels))
+        return x.clone()  # outside inference mode: a normal tensor that later autograd code may use
+
+    def _draw(self, n: int, temperature: float, labels: Tensor | None) -> Tensor:
+        """``n`` samples in the model's data space, before clamping (labels are checked already)."""
+        return self.decode(self.prior.sample(n, temperature=temperature))
 
     def _as_data(self, x: Tensor) -> Tensor:
         return x.clamp(0, 1) if self.n_bits is not None else x

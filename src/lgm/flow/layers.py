@@ -108,17 +108,23 @@ def _orthogonal(channels: int, generator: torch.Generator | None = None) -> Tens
 
 
 class _CachedInverse:
-    """Keeps ``W^-1`` between calls in eval mode; recomputed whenever a parameter has changed in place."""
+    """Keeps ``W^-1`` between calls of a module in eval mode, recomputed whenever a parameter has changed.
+
+    Only calls without autograd (``torch.no_grad`` or ``torch.inference_mode``, as in sampling) use
+    the cache: with gradients on, ``W^-1`` is computed afresh so that every call has its own graph
+    to the parameters. A value computed in inference mode is an inference tensor, which ordinary
+    no-grad code must not keep, so the mode is part of the key.
+    """
 
     def __init__(self) -> None:
         self.key: tuple | None = None
         self.value: Tensor | None = None
 
     def get(self, module: nn.Module, compute) -> Tensor:
-        if module.training:
+        if module.training or torch.is_grad_enabled():
             self.key = self.value = None
             return compute()
-        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in module.parameters())
+        key = (torch.is_inference_mode_enabled(), *((p.data_ptr(), p._version, p.device, p.dtype) for p in module.parameters()))
         if key != self.key:
             self.key, self.value = key, compute()
         return self.value
@@ -165,13 +171,18 @@ class InvConv1x1(Transform):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         with _full_precision(x):
-            z = torch.einsum("ij,bj...->bi...", self.matrix(), x)
-            return z, (x[0, 0].numel() * self.log_abs_det()).expand(x.shape[0])
+            return _mix_channels(self.matrix(), x), (x[0, 0].numel() * self.log_abs_det()).expand(x.shape[0])
 
     def inverse(self, z: Tensor) -> Tensor:
         with _full_precision(z):
-            w_inv = self._inverse.get(self, lambda: torch.linalg.inv(self.matrix()))
-            return torch.einsum("ij,bj...->bi...", w_inv, z)
+            return _mix_channels(self._inverse.get(self, lambda: torch.linalg.inv(self.matrix())), z)
+
+
+def _mix_channels(w: Tensor, x: Tensor) -> Tensor:
+    """``w @ x`` over the channels of ``x`` ``[B, C, ...]`` at every position: one batched matrix
+    product ``[C, C] @ [B, C, H*W]`` (on the CPU about twice as fast as the equivalent einsum or
+    a 1x1 ``conv2d`` for Glow's few channels)."""
+    return torch.matmul(w, x.reshape(x.shape[0], x.shape[1], -1)).reshape(x.shape)
 
 
 def _full_precision(x: Tensor) -> torch.autocast:

@@ -191,12 +191,10 @@ class FlowMatching(Flow):
         with torch.no_grad():
             return self.transform.inverse(self._integrate(z, labels, 0.0, 1.0))
 
-    def sample(self, n: int, temperature: float = 1.0, labels: Tensor | None = None) -> Tensor:
-        """``n`` samples; ``temperature`` scales the initial noise. The NFE used is in ``last_nfe``."""
-        if temperature < 0:
-            raise ValueError(f"temperature must be non-negative, got {temperature}")
-        self.check_labels(labels, n)
-        return self._as_data(self.decode(self.prior.sample(n, temperature), labels))
+    def _draw(self, n: int, temperature: float, labels: Tensor | None) -> Tensor:
+        """``n`` samples (see `lgm.flow.Flow.sample`): the initial noise scaled by ``temperature``,
+        integrated to ``t = 1``; the number of velocity evaluations is left in ``last_nfe``."""
+        return self.decode(self.prior.sample(n, temperature), labels)
 
     @torch.no_grad()
     def initialize(self, x: Tensor, labels: Tensor | None = None) -> None:

@@ -104,20 +104,17 @@ class MultiScaleFlow(Flow):
             h = self.levels[i].inverse(h)
         return self.transform.inverse(h)
 
-    def sample(self, n: int, temperature: float = 1.0, labels: Tensor | None = None) -> Tensor:
-        """``n`` samples; ``temperature`` scales the standard deviation of every level's prior.
+    def _draw(self, n: int, temperature: float, labels: Tensor | None) -> Tensor:
+        """``n`` samples, every level's prior at ``temperature`` (see `lgm.flow.Flow.sample`).
 
         Temperature 0 decodes the prior means (for learned priors, conditioned level by level).
         """
-        if temperature < 0:
-            raise ValueError(f"temperature must be non-negative, got {temperature}")
-        self.check_labels(labels, n)
         h = self.prior.sample(n, temperature, labels)
         for i in reversed(range(len(self.levels))):
             if i < len(self.split_priors):
                 h = torch.cat((h, self.split_priors[i].sample(h, temperature, labels)), dim=1)
             h = self.levels[i].inverse(h)
-        return self._as_data(self.transform.inverse(h))
+        return self.transform.inverse(h)
 
     @torch.no_grad()
     def interpolate(self, x_a: Tensor, x_b: Tensor, steps: int = 8, levels: int | None = None) -> Tensor:

@@ -8,6 +8,7 @@ stable at the beginning of training).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lgm.flow.layers import ActNorm
@@ -70,7 +71,8 @@ class ZeroConv2d(nn.Module):
         self.logs = nn.Parameter(torch.zeros(out_channels, 1, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x) * torch.exp(3 * self.logs)
+        # conv(x) * e^{3 logs} per output channel, folded into the convolution's weight and bias.
+        return scaled_conv(self.conv, torch.exp(3 * self.logs).flatten(), x)
 
 
 class ActNormLayer(nn.Module):
@@ -83,15 +85,70 @@ class ActNormLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.actnorm(x)[0]
 
+    def after_conv(self, conv: nn.Conv2d, x: Tensor) -> Tensor:
+        """``self(conv(x))`` as one convolution: ``(W x + b + beta) e^s = (W e^s) x + (b + beta) e^s``
+        per output channel, the same map with the intermediate activations never stored."""
+        norm = self.actnorm
+        bias = norm.bias if conv.bias is None else conv.bias + norm.bias
+        scale = norm.log_scale.exp()
+        return scaled_conv(conv, scale, x, bias)
 
-def glow_net(in_channels: int, out_channels: int, hidden: int = 128) -> nn.Sequential:
+
+def scaled_conv(conv: nn.Conv2d, scale: Tensor, x: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``scale * (conv(x) with bias `bias`)`` per output channel (``scale`` ``[C_out]``), computed as one
+    convolution with weight ``W * scale`` and bias ``bias * scale`` (``bias`` defaults to the conv's own)."""
+    bias = conv.bias if bias is None else bias
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    return F.conv2d(x, weight, None if bias is None else bias * scale, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class ChannelsLastNet(nn.Sequential):
+    """A convolutional network run in channels-last memory layout (NHWC), each convolution followed
+    by an actnorm computed as one convolution.
+
+    Both choices come from profiling Glow (see the README's "Performance"): its coupling networks
+    spend most of their time in convolutions on wide hidden activations, and the elementwise passes
+    around them come next.
+
+    * Layout: on the CPU, oneDNN's convolutions run natively in NHWC, while an NCHW tensor is
+      reordered into a blocked layout and back at every convolution. The (narrow) input is converted
+      once on the way in and the output returned in the ordinary contiguous layout, so callers see
+      no difference; the weights are stored channels-last too.
+    * ``Conv2d`` then `ActNormLayer` runs as `ActNormLayer.after_conv`: the same map, with one pass
+      over the hidden activations fewer and those activations not kept for the backward pass. Until
+      the actnorm is initialised from data, the two run separately (the actnorm needs to see the
+      convolution's output). Fused, the pair runs as one functional convolution: forward hooks on
+      that ``Conv2d`` and `ActNormLayer` do not fire (hooks on the network itself and on the ReLUs do).
+
+    It is a `nn.Sequential` underneath, so state-dict keys are those of a plain one and checkpoints
+    load either way. Input ``[B, C_in, H, W]``, output ``[B, C_out, H, W]`` (contiguous).
+    """
+
+    def __init__(self, *layers: nn.Module) -> None:
+        super().__init__(*layers)
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        layers = list(self)
+        i = 0
+        while i < len(layers):
+            layer, following = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+            if isinstance(layer, nn.Conv2d) and isinstance(following, ActNormLayer) and following.actnorm.is_initialized:
+                x, i = following.after_conv(layer, x), i + 2
+            else:
+                x, i = layer(x), i + 1
+        return x.contiguous()
+
+
+def glow_net(in_channels: int, out_channels: int, hidden: int = 128) -> ChannelsLastNet:
     """Glow's coupling network: conv3x3 - actnorm - ReLU - conv1x1 - actnorm - ReLU - zero-init conv3x3.
 
     ``[B, in_channels, H, W] -> [B, out_channels, H, W]``; starts at exactly zero output.
     """
-    return nn.Sequential(
-        nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False), ActNormLayer(hidden), nn.ReLU(),
-        nn.Conv2d(hidden, hidden, 1, bias=False), ActNormLayer(hidden), nn.ReLU(),
+    return ChannelsLastNet(
+        nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False), ActNormLayer(hidden), nn.ReLU(inplace=True),
+        nn.Conv2d(hidden, hidden, 1, bias=False), ActNormLayer(hidden), nn.ReLU(inplace=True),
         ZeroConv2d(hidden, out_channels),
     )
 
@@ -110,9 +167,9 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-def resnet(in_channels: int, out_channels: int, hidden: int = 64, blocks: int = 2) -> nn.Sequential:
+def resnet(in_channels: int, out_channels: int, hidden: int = 64, blocks: int = 2) -> ChannelsLastNet:
     """RealNVP's residual coupling network (with actnorm in place of its batch norm), zero-init output."""
-    return nn.Sequential(
+    return ChannelsLastNet(
         nn.Conv2d(in_channels, hidden, 3, padding=1),
         *(ResidualBlock(hidden) for _ in range(blocks)),
         ActNormLayer(hidden), nn.ReLU(),
