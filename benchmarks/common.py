@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from lgm.flow import Glow, NiceFlow
+from lgm.train.optim import make_optimizer
 
 
 def import_normflows():
@@ -209,12 +210,22 @@ def training_step(side: Side, optimizer: torch.optim.Optimizer, y: Tensor) -> No
     optimizer.step()
 
 
-def training_calls(config: Config) -> tuple[list[Side], dict[str, Callable[[], None]]]:
+def adam(side: Side, plain: bool = False) -> torch.optim.Optimizer:
+    """The Adam each library's users train with: lgm's training module builds it with
+    `lgm.train.optim.make_optimizer` (PyTorch's fused implementation, the same update rule); normflows
+    leaves the optimiser to its users, whose examples use ``torch.optim.Adam``. ``plain=True`` gives
+    both the plain ``torch.optim.Adam``, to compare the flows alone."""
+    if side.library == "lgm" and not plain:
+        return make_optimizer("adam", [{"params": list(side.model.parameters())}], lr=1e-4)
+    return torch.optim.Adam(side.model.parameters(), lr=1e-4)
+
+
+def training_calls(config: Config, plain_adam: bool = False) -> tuple[list[Side], dict[str, Callable[[], None]]]:
     """Both libraries' models of ``config`` and, per library, one training step (with its own Adam
-    optimiser) on the same batch of ``config.batch`` images, as a call."""
+    optimiser, see `adam`) on the same batch of ``config.batch`` images, as a call."""
     pair = sides(config)
     y = uniform_images(config.batch, config.shape)
-    optimizers = {s.library: torch.optim.Adam(s.model.parameters(), lr=1e-4) for s in pair}
+    optimizers = {s.library: adam(s, plain_adam) for s in pair}
     return pair, {s.library: (lambda s=s: training_step(s, optimizers[s.library], y)) for s in pair}
 
 
@@ -233,7 +244,7 @@ def interleaved_rates(calls: dict[str, Callable[[], None]], items: int, repeats:
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
-def peak_training_rss_mib(config: Config, library: str, threads: int, steps: int = 3) -> float:
+def peak_training_rss_mib(config: Config, library: str, threads: int, steps: int = 3, plain_adam: bool = False) -> float:
     """Peak resident memory added by ``steps`` training steps, in MiB, from a fresh process (Linux).
 
     The child builds and initialises the model, resets the kernel's peak-RSS mark, trains, and
@@ -242,7 +253,7 @@ def peak_training_rss_mib(config: Config, library: str, threads: int, steps: int
     fresh process per measurement keeps allocator caches apart. (``getrusage``'s ``ru_maxrss`` would
     not do: it survives ``exec`` and so starts at the parent's peak.)
     """
-    cmd = [sys.executable, "-m", "benchmarks.common", "peak-memory", config.name, library, str(threads), str(steps)]
+    cmd = [sys.executable, "-m", "benchmarks.common", "peak-memory", config.name, library, str(threads), str(steps), str(int(plain_adam))]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["mib"]
 
@@ -254,11 +265,11 @@ def _status_kib(field: str) -> int:
     return int(line.split()[1])
 
 
-def _peak_memory_child(name: str, library: str, threads: int, steps: int) -> None:
+def _peak_memory_child(name: str, library: str, threads: int, steps: int, plain_adam: bool) -> None:
     torch.set_num_threads(threads)
     config = CONFIGS[name]
     side = {"lgm": lgm_side, "normflows": normflows_side}[library](config)
-    optimizer = torch.optim.Adam(side.model.parameters(), lr=1e-4)
+    optimizer = adam(side, plain_adam)
     y = uniform_images(config.batch, config.shape)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current resident size
@@ -306,4 +317,4 @@ def ratio(ours: float, theirs: float) -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["peak-memory"]:
-        _peak_memory_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        _peak_memory_child(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), bool(int(sys.argv[6])))

@@ -23,7 +23,7 @@ from lgm.train import FlowEMA, FlowModule, TrainingDiverged
 from lgm.train.checkpoint_io import AtomicCheckpointIO
 from lgm.train.ema import ema_with_warmup
 from lgm.train.cli import main
-from lgm.train.optim import lr_factor, parameter_groups
+from lgm.train.optim import OPTIMIZERS, lr_factor, make_optimizer, parameter_groups
 
 TESTS = Path(__file__).parent
 
@@ -76,6 +76,24 @@ def test_optimizer_and_schedule_switches(tmp_path, name):
     optimizer = trainer.optimizers[0]
     assert type(optimizer).__name__.lower() == name
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * lr_factor(10, 3, "cosine", 10, 0.1))
+    assert optimizer.defaults["fused" if name != "adamax" else "foreach"]  # the one-pass implementation
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "adamax"])
+def test_fast_optimizers_make_the_plain_update(name):
+    torch.manual_seed(0)
+    fast_w = torch.nn.Parameter(torch.randn(40, 30))
+    plain_w = torch.nn.Parameter(fast_w.detach().clone())
+    start = fast_w.detach().clone()
+    fast = make_optimizer(name, [{"params": [fast_w], "weight_decay": 1e-2}], lr=1e-2)
+    plain = OPTIMIZERS[name]([{"params": [plain_w], "weight_decay": 1e-2}], lr=1e-2, foreach=False)
+    for _ in range(20):
+        for w, optimizer in ((fast_w, fast), (plain_w, plain)):
+            optimizer.zero_grad()
+            (w**3).sum().backward()
+            optimizer.step()
+    torch.testing.assert_close(fast_w, plain_w, rtol=1e-5, atol=1e-5)
+    assert (fast_w - start).abs().max() > 0.1  # the weights did move
 
 
 def test_bad_switches_are_refused():

@@ -16,7 +16,7 @@ from lgm.flow.coupling import NetworkCoupling
 from lgm.flow.discrete import dequantize, reduce_bits
 from lgm.flow.io import check_compatible, flow_spec
 from lgm.train.guard import TrainingDiverged, describe_nonfinite
-from lgm.train.optim import OPTIMIZERS, SCHEDULES, lr_factor, parameter_groups
+from lgm.train.optim import OPTIMIZERS, SCHEDULES, lr_factor, make_optimizer, parameter_groups
 
 Batch = Tensor | tuple[Tensor, Tensor]
 
@@ -233,7 +233,7 @@ class FlowModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict:
         groups = parameter_groups(self.flow, self.weight_decay, self.decay_scales)
-        optimizer = OPTIMIZERS[self.optimizer_name](groups, lr=self.lr, betas=self.betas)
+        optimizer = make_optimizer(self.optimizer_name, groups, self.lr, self.betas)
         warmup, total = self.warmup_steps, math.inf
         if self.warmup_epochs or self.schedule == "cosine":
             per_epoch, total = self._schedule_lengths()

@@ -11,6 +11,18 @@ from lgm.flow.coupling import NetworkCoupling
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}
 SCHEDULES = ("constant", "cosine")
+# Implementations that update every parameter in one pass (one kernel per tensor, or per list of
+# tensors) instead of PyTorch's default per-tensor loop of elementwise ops; the same update rule.
+# Measured on NICE (19M parameters, CPU), Adam's default loop is about 30% of a training step.
+FAST_IMPLEMENTATION = {"adam": {"fused": True}, "adamw": {"fused": True}, "adamax": {"foreach": True}}
+
+
+def make_optimizer(name: str, groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+    """The optimiser ``name`` (see `OPTIMIZERS`) over parameter ``groups``, in its fast implementation
+    (`FAST_IMPLEMENTATION`) when every parameter is a floating-point tensor on a device that has it."""
+    params = [p for group in groups for p in group["params"]]
+    fast = FAST_IMPLEMENTATION[name] if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) else {}
+    return OPTIMIZERS[name](groups, lr=lr, betas=betas, **fast)
 
 
 def parameter_groups(flow: nn.Module, weight_decay: float, decay_scales: bool = False) -> list[dict]:
