@@ -9,7 +9,12 @@ from torch import Tensor, nn
 
 
 class TrainingDiverged(FloatingPointError):
-    """Training produced non-finite values it could not skip past; the message says where and what to try."""
+    """Training produced non-finite values it could not skip past; the message says where and what to
+    try, ``step`` is the optimiser step at which it stopped."""
+
+    def __init__(self, message: str, step: int | None = None) -> None:
+        super().__init__(message)
+        self.step = step
 
 
 def _tensors(output: object) -> list[Tensor]:

@@ -188,7 +188,7 @@ class FlowModule(L.LightningModule):
         self.skipped_steps += 1
         self.log("train/skipped_steps", float(self.skipped_steps))
         if self.bad_in_a_row >= self.max_bad_steps:
-            raise TrainingDiverged(self._divergence_report())
+            raise TrainingDiverged(self._divergence_report(), step=self.global_step)
 
     def _divergence_report(self) -> str:
         where = "unknown"
