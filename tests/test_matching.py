@@ -233,3 +233,10 @@ def test_evaluate_reports_on_a_flow_matching_model(tmp_path, monkeypatch):
     report = json.loads(out.read_text())
     assert math.isfinite(report["metrics"]["bpd"]["value"]) and math.isfinite(report["metrics"]["classifier"]["fid"])
     assert report["diagnostics"]["reconstruction_max_abs_error"] < 1e-3  # an untrained field: v = 0
+
+
+def test_check_invertible_refuses_a_continuous_flow_with_the_reason():
+    from lgm.flow import check_invertible
+
+    with pytest.raises(ValueError, match="only up to its ODE solver's error"):
+        check_invertible(FlowMatching(2, hidden=8, depth=1), torch.randn(4, 2))
