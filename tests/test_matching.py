@@ -228,11 +228,36 @@ def test_evaluate_reports_on_a_flow_matching_model(tmp_path, monkeypatch):
     save(FlowMatching((1, 28, 28), n_bits=8, widths=(8, 8), embed=8, steps=2, divergence="hutchinson"), tmp_path / "fm.pt")
     out = tmp_path / "report.json"
     main(["evaluate", "--ckpt", str(tmp_path / "fm.pt"), "--data", "fashion_mnist", "--data-dir", str(data),
-          "--metrics", "bpd,fid", "--n-samples", "20", "--bpd-images", "10",
+          "--metrics", "bpd,fid", "--n-samples", "20", "--bpd-images", "10", "--solver", "midpoint", "--steps", "3",
           "--classifier-weights", str(tmp_path / "classifier.pt"), "--out", str(out)])
     report = json.loads(out.read_text())
     assert math.isfinite(report["metrics"]["bpd"]["value"]) and math.isfinite(report["metrics"]["classifier"]["fid"])
     assert report["diagnostics"]["reconstruction_max_abs_error"] < 1e-3  # an untrained field: v = 0
+    sampling = report["sampling"]
+    assert (sampling["solver"], sampling["steps"], sampling["velocity_evaluations"]) == ("midpoint", 3, 6)
+    assert sampling["images"] == 20 and sampling["images_per_second"] == pytest.approx(20 / sampling["seconds"], rel=0.02)
+    assert report["settings"]["solver"] == "midpoint"
+
+
+def test_evaluate_refuses_solver_options_for_a_coupling_flow(tmp_path, capsys):
+    from lgm.flow import NiceFlow
+    from test_evaluate import fake_data
+
+    data = fake_data(tmp_path)
+    save(NiceFlow((1, 28, 28), couplings=2, hidden=8, depth=1, n_bits=8), tmp_path / "nice.pt")
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--ckpt", str(tmp_path / "nice.pt"), "--data", "fashion_mnist", "--steps", "4",
+              "--data-dir", str(data), "--out", str(tmp_path / "r.json")])
+    assert "continuous flows (FlowMatching) only, not to NiceFlow" in capsys.readouterr().err
+
+
+def test_use_solver_keeps_the_old_solver_on_a_bad_value():
+    model = FlowMatching(2, hidden=8, depth=1, solver="rk4", steps=8)
+    model.use_solver(steps=3)
+    assert (model.solver, model.steps) == ("rk4", 3)
+    with pytest.raises(ValueError, match="unknown ODE solver 'leapfrog'"):
+        model.use_solver("leapfrog", 5)
+    assert (model.solver, model.steps) == ("rk4", 3)
 
 
 def test_check_invertible_refuses_a_continuous_flow_with_the_reason():

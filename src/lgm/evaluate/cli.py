@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from lgm.evaluate.report import BASELINES, METRICS, EvalSettings, evaluate
+from lgm.flow.ode import SOLVERS
 
 
 def evaluate_main(argv: list[str]) -> dict:
@@ -28,6 +29,8 @@ def evaluate_main(argv: list[str]) -> dict:
     parser.add_argument("--noise", type=float, default=0.02, help="noise sigma of --baseline noisy_test, in units of the [0, 1] range (default 0.02)")
     parser.add_argument("--classifier-weights", help="classifier weights for the classifier protocol (default: the shipped ones)")
     parser.add_argument("--data-dir", help="folder with the data (default $LGM_DATA_DIR)")
+    parser.add_argument("--solver", choices=SOLVERS, help="ODE solver of the samples, for continuous flows (default: the model's)")
+    parser.add_argument("--steps", type=int, help="ODE solver steps of the samples, for continuous flows (default: the model's)")
     parser.add_argument("--no-figures", action="store_true", help="metrics only")
     parser.add_argument("--out", default="report.json", help="JSON report; figures are written beside it (default report.json)")
     args = parser.parse_args(argv)
@@ -36,13 +39,15 @@ def evaluate_main(argv: list[str]) -> dict:
         data=args.data, metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
         n_samples=args.n_samples, inception_n=args.inception_n, temperature=args.temperature, seed=args.seed,
         reference=args.reference, bpd_images=args.bpd_images, noise=args.noise, figures=not args.no_figures,
-        data_dir=args.data_dir, classifier_weights=args.classifier_weights,
+        data_dir=args.data_dir, classifier_weights=args.classifier_weights, solver=args.solver, steps=args.steps,
     )
     try:
         report = evaluate(args.out, settings, ckpt=args.ckpt, baseline=args.baseline)
     except (FileNotFoundError, ModuleNotFoundError, ValueError) as e:
         parser.error(str(e))
     print(f"wrote {args.out}")
+    if report.get("sampling"):
+        print("sampling", report["sampling"])
     for protocol, values in report["metrics"].items():
         print(protocol, {k: v for k, v in (values or {}).items() if k != "protocol"})
     return report

@@ -35,6 +35,7 @@ from lgm.evaluate.quality import QUALITY_METRICS, generate, quality_metrics, ref
 from lgm.flow.base import Flow
 from lgm.flow.discrete import dequantize, reduce_bits
 from lgm.flow.io import atomic_write_text, flow_spec, load
+from lgm.flow.matching import FlowMatching
 from lgm.flow.multiscale import MultiScaleFlow
 from lgm.flow.nice import NiceFlow
 from lgm.viz.images import plot_corruption, plot_image_panels, plot_interpolations, plot_latent_norms, plot_scales
@@ -59,6 +60,8 @@ class EvalSettings:
     figures: bool = True
     data_dir: str | None = None
     classifier_weights: str | None = None
+    solver: str | None = None
+    steps: int | None = None
     figure_temperatures: tuple[float, ...] = field(default=(0.0, 0.5, 0.7, 0.85, 1.0))
 
     def check(self) -> None:
@@ -71,6 +74,8 @@ class EvalSettings:
             raise ValueError(f"temperature must be non-negative, got {self.temperature}")
         if self.reference not in ("train", "test"):
             raise ValueError(f"reference must be 'train' or 'test', got {self.reference!r}")
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"the number of solver steps must be a positive integer, got {self.steps!r}")
 
 
 def _protocol_metrics(settings: EvalSettings, images_for, protocol: Protocol, wanted: list[str], n: int) -> dict:
@@ -99,9 +104,11 @@ def evaluate(out: str | Path, settings: EvalSettings, ckpt: str | Path | None = 
         flow = load(ckpt)
         if flow.n_bits is None or tuple(flow.shape) != tuple(arrays.x_test.shape[1:]):
             raise ValueError(f"the model takes data of shape {list(flow.shape)}, but {settings.data} images are {list(arrays.x_test.shape[1:])}")
+        _use_solver(flow, settings)
         report["model"] = {"checkpoint": str(ckpt), "sha256": hashlib.sha256(Path(ckpt).read_bytes()).hexdigest(),
                            **flow_spec(flow), "parameters": sum(p.numel() for p in flow.parameters())}
-        samples_of = _flow_images(flow, settings)
+        report["sampling"] = {}
+        samples_of = _flow_images(flow, settings, report["sampling"])
     else:
         if baseline not in BASELINES:
             raise ValueError(f"unknown baseline {baseline!r}; choose among {', '.join(BASELINES)}")
@@ -128,14 +135,30 @@ def evaluate(out: str | Path, settings: EvalSettings, ckpt: str | Path | None = 
     return report
 
 
-def _flow_images(flow: Flow, settings: EvalSettings):
+def _use_solver(flow: Flow, settings: EvalSettings) -> None:
+    """Apply ``settings.solver``/``steps`` to a continuous flow; refuse them for any other."""
+    if settings.solver is None and settings.steps is None:
+        return
+    if not isinstance(flow, FlowMatching):
+        raise ValueError(f"--solver and --steps apply to continuous flows (FlowMatching) only, not to {type(flow).__name__}")
+    flow.use_solver(settings.solver, settings.steps)
+
+
+def _flow_images(flow: Flow, settings: EvalSettings, timing: dict):
+    """``images_for(n)``: the first ``n`` of one sample set; ``timing`` receives how fast it was drawn."""
     cache: dict[int, Tensor] = {}
 
     def images_for(n: int):
         # One sample set serves every protocol: the Inception protocol scores its first n.
         if not cache or max(cache) < n:
             cache.clear()
+            start = time.perf_counter()
             cache[n] = generate(flow, max(n, settings.n_samples), settings.temperature, settings.seed)
+            seconds = time.perf_counter() - start
+            timing.update(images=len(cache[n]), seconds=round(seconds, 2), images_per_second=round(len(cache[n]) / seconds, 2),
+                          threads=torch.get_num_threads())
+            if isinstance(flow, FlowMatching):
+                timing.update(solver=flow.solver, steps=flow.steps, velocity_evaluations=flow.last_nfe)
         return cache[max(cache)][:n], None
 
     return images_for

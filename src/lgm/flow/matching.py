@@ -114,6 +114,14 @@ class FlowMatching(Flow):
             "probes": probes, "rtol": rtol, "atol": atol,
         }
 
+    def use_solver(self, solver: str | None = None, steps: int | None = None) -> None:
+        """Integrate with ``solver`` and ``steps`` from now on (``None`` keeps the current one);
+        a `ValueError` names the choices for a bad value, and nothing changes then."""
+        solver = self.solver if solver is None else solver
+        steps = self.steps if steps is None else steps
+        check_solver(solver, steps)
+        self.solver, self.steps = solver, steps
+
     # -- training ---------------------------------------------------------------------------------
 
     objective_name = "fm"

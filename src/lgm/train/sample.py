@@ -11,7 +11,7 @@ from torchvision.utils import save_image
 from lgm.flow.discrete import quantize
 from lgm.flow.io import load
 from lgm.flow.matching import FlowMatching
-from lgm.flow.ode import SOLVERS, check_solver
+from lgm.flow.ode import SOLVERS
 from lgm.viz.density import plot_samples
 
 
@@ -48,10 +48,8 @@ def sample_main(argv: list[str]) -> Path:
     if args.solver is not None or args.steps is not None:
         if not isinstance(flow, FlowMatching):
             parser.error("--solver and --steps apply to continuous flows (FlowMatching) only")
-        flow.solver = args.solver if args.solver is not None else flow.solver
-        flow.steps = args.steps if args.steps is not None else flow.steps
         try:
-            check_solver(flow.solver, flow.steps)
+            flow.use_solver(args.solver, args.steps)
         except (ValueError, ModuleNotFoundError) as e:
             parser.error(str(e))
     torch.manual_seed(args.seed)
