@@ -341,3 +341,58 @@ def test_evaluate_rejects_unknown_metrics_and_mismatched_data(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["evaluate", "--ckpt", str(tmp_path / "small.pt"), "--data", "fashion_mnist", "--data-dir", str(data)])
     assert "[1, 8, 8]" in capsys.readouterr().err
+
+
+def test_val_reference_is_the_data_modules_held_out_split(tmp_path):
+    from lgm.data import ImageDataModule
+    from lgm.evaluate.features import real_images
+
+    data = fake_data(tmp_path, n_train=300)
+    dm = ImageDataModule("fashion_mnist", data_dir=str(data))
+    dm.setup()
+    val = real_images("fashion_mnist", "val", None, str(data))
+    assert torch.equal(val, dm.arrays.x_train[dm.val_index]) and len(val) == 30
+    assert set(dm.val_index.tolist()).isdisjoint(dm.train_index.tolist())
+    subset = real_images("fashion_mnist", "val", 10, str(data))
+    assert {bytes(x.numpy()) for x in subset} <= {bytes(x.numpy()) for x in val}
+    with pytest.raises(ValueError, match="val has 30 images; asked for 31"):
+        real_images("fashion_mnist", "val", 31, str(data))
+
+
+def test_evaluate_selects_the_temperature_with_the_lowest_validation_fid(tmp_path):
+    from lgm.evaluate.features import get_protocol
+    from lgm.evaluate.quality import generate, quality_metrics, reference_features
+    from lgm.flow import load
+
+    data = fake_data(tmp_path, n_train=400)
+    weights = tmp_path / "classifier.pt"
+    save_classifier(classifier_for("fashion_mnist"), weights)
+    ckpt = tiny_models(data, tmp_path)["glow"]
+    report = main_report(tmp_path / "r.json", [
+        "--ckpt", str(ckpt), "--data", "fashion_mnist", "--data-dir", str(data), "--metrics", "fid", "--n-samples", "20",
+        "--select-temperature", "0,0.5,1", "--select-n", "30", "--select-protocol", "classifier",
+        "--classifier-weights", str(weights), "--no-figures"])
+    selection = report["temperature_selection"]
+    assert set(selection["fid"]) == {"0.0", "0.5", "1.0"} and selection["split"] == "val" and selection["n"] == 30
+    assert selection["chosen"] == float(min(selection["fid"], key=selection["fid"].get))
+    assert report["settings"]["temperature"] == selection["chosen"]
+    # Each candidate's FID is that of seed-1 samples against 30 validation images, recomputed here.
+    flow, protocol = load(ckpt), get_protocol("classifier", "fashion_mnist", weights)
+    reference = reference_features(protocol, "fashion_mnist", "val", 30, str(data))
+    for t, value in selection["fid"].items():
+        assert quality_metrics(generate(flow, 30, float(t), seed=1), protocol, reference, ("fid",))["fid"] == pytest.approx(value)
+
+
+def test_temperature_selection_errors_name_the_fix(tmp_path, capsys):
+    data = fake_data(tmp_path, n_train=400)
+    ckpt = tiny_models(data, tmp_path)["glow"]
+    common = ["--data", "fashion_mnist", "--data-dir", str(data), "--metrics", "fid", "--out", str(tmp_path / "r.json")]
+    for args, message in [
+        (["--ckpt", str(ckpt), "--temperature", "0.7", "--select-temperature", "0.6,0.8"], "either --temperature or --select-temperature"),
+        (["--ckpt", str(ckpt), "--select-temperature", "0.6,warm"], "comma-separated numbers"),
+        (["--ckpt", str(ckpt), "--select-temperature", "0.6,0.8", "--select-n", "41", "--select-protocol", "classifier"], "val has 40 images; asked for 41"),
+        (["--baseline", "test", "--select-temperature", "0.6,0.8"], "needs a model"),
+    ]:
+        with pytest.raises(SystemExit):
+            main(["evaluate", *args, *common])
+        assert message in capsys.readouterr().err

@@ -96,6 +96,20 @@ def load_images(name: str, data_dir: str | os.PathLike | None = None, download: 
     raise FileNotFoundError(_missing_message(info, root))
 
 
+def validation_split(n_train: int, val_size: int | None = None, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``(val_index, train_index)``: the held-out validation images of a training set of ``n_train``.
+
+    A seeded permutation; its first ``val_size`` indices (default: 5,000, or a tenth of the set if
+    that is smaller) are the validation set. `ImageDataModule` and the evaluation's ``val``
+    reference split share it, so a model is never scored against images it trained on.
+    """
+    val_size = val_size if val_size is not None else min(5000, n_train // 10)
+    if not 0 < val_size < n_train:
+        raise ValueError(f"val_size must be between 1 and {n_train - 1}, got {val_size}")
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed))
+    return order[:val_size], order[val_size:]
+
+
 def to_nchw(x: np.ndarray | Tensor, shape: tuple[int, int, int], what: str) -> Tensor:
     """Check pixel arrays and return them as ``uint8 [N, C, H, W]``; accepts NHW (C = 1), NCHW or NHWC."""
     x = torch.as_tensor(np.asarray(x))

@@ -10,7 +10,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lgm.data.images import ImageArrays, get_dataset, load_images
+from lgm.data.images import ImageArrays, get_dataset, load_images, validation_split
 from lgm.data.toy import ToyDensity, get_density
 
 
@@ -195,12 +195,10 @@ class ImageDataModule(L.LightningDataModule):
         if hasattr(self, "arrays"):
             return
         self.arrays: ImageArrays = load_images(self.info.name, self.data_dir, self.download)
-        n = len(self.arrays.x_train)
-        val_size = self.val_size if self.val_size is not None else min(5000, n // 10)
-        if not 0 < val_size < n:
-            raise ValueError(f"val_size must be between 1 and {n - 1} for {self.info.name}, got {val_size}")
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-        self.val_index, self.train_index = order[:val_size], order[val_size:]
+        try:
+            self.val_index, self.train_index = validation_split(len(self.arrays.x_train), self.val_size, self.seed)
+        except ValueError as e:
+            raise ValueError(f"{e} for {self.info.name}") from None
 
     def train_dataloader(self) -> InMemoryBatches:
         a, i = self.arrays, self.train_index

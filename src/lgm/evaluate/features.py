@@ -28,13 +28,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lgm.data.images import load_images
+from lgm.data.images import load_images, validation_split
 from lgm.evaluate.classifier import SHIPPED_WEIGHTS, Classifier, load_classifier
 from lgm.flow.io import atomic_save
 
 INCEPTION_FILE = "default_1.pt"
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
 INCEPTION_SIZE = 299
+SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -136,11 +137,16 @@ def cache_dir() -> Path:
 
 
 def real_images(data: str, split: str, n: int | None, data_dir=None, seed: int = 0) -> Tensor:
-    """``n`` images of a data set's ``train`` or ``test`` split (a seeded random subset; all if ``n`` is None)."""
+    """``n`` images of a data set's ``train``, ``val`` or ``test`` split (a seeded random subset; all if
+    ``n`` is None). ``val`` is the default validation split of `ImageDataModule` (`validation_split`
+    with its defaults: 5,000 training images, split seed 0), which training never sees."""
     arrays = load_images(data, data_dir)
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    x = arrays.x_train if split == "train" else arrays.x_test
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "val":
+        x = arrays.x_train[validation_split(len(arrays.x_train))[0]]
+    else:
+        x = arrays.x_train if split == "train" else arrays.x_test
     if n is None or n == len(x):
         return x
     if not 1 <= n <= len(x):

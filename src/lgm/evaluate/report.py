@@ -14,7 +14,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -30,7 +30,7 @@ from lgm.evaluate.diagnostics import (
     standardized_latents,
     to_data,
 )
-from lgm.evaluate.features import Protocol, get_protocol, real_images
+from lgm.evaluate.features import SPLITS, Protocol, get_protocol, real_images
 from lgm.evaluate.quality import QUALITY_METRICS, generate, quality_metrics, reference_features
 from lgm.flow.base import Flow
 from lgm.flow.discrete import dequantize, reduce_bits
@@ -62,6 +62,9 @@ class EvalSettings:
     classifier_weights: str | None = None
     solver: str | None = None
     steps: int | None = None
+    select_temperatures: tuple[float, ...] = ()
+    select_n: int = 1_000
+    select_protocol: str = "inception"
     figure_temperatures: tuple[float, ...] = field(default=(0.0, 0.5, 0.7, 0.85, 1.0))
 
     def check(self) -> None:
@@ -72,8 +75,14 @@ class EvalSettings:
             raise ValueError(f"n_samples and inception_n must be at least 10, got {self.n_samples} and {self.inception_n}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be non-negative, got {self.temperature}")
-        if self.reference not in ("train", "test"):
-            raise ValueError(f"reference must be 'train' or 'test', got {self.reference!r}")
+        if self.reference not in SPLITS:
+            raise ValueError(f"reference must be one of {', '.join(SPLITS)}, got {self.reference!r}")
+        if any(t < 0 for t in self.select_temperatures):
+            raise ValueError(f"temperatures must be non-negative, got {list(self.select_temperatures)}")
+        if self.select_n < 10:
+            raise ValueError(f"select_n must be at least 10, got {self.select_n}")
+        if self.select_protocol not in ("classifier", "inception"):
+            raise ValueError(f"select_protocol must be 'classifier' or 'inception', got {self.select_protocol!r}")
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
             raise ValueError(f"the number of solver steps must be a positive integer, got {self.steps!r}")
 
@@ -97,8 +106,7 @@ def evaluate(out: str | Path, settings: EvalSettings, ckpt: str | Path | None = 
     arrays = load_images(settings.data, settings.data_dir)
     report: dict = {"data": {"name": settings.data, "reference_split": settings.reference,
                              "train_images": len(arrays.x_train), "test_images": len(arrays.x_test),
-                             "test_sha256": hashlib.sha256(arrays.x_test.numpy().tobytes()).hexdigest()},
-                    "settings": {k: v for k, v in asdict(settings).items() if k not in ("data", "data_dir")}}
+                             "test_sha256": hashlib.sha256(arrays.x_test.numpy().tobytes()).hexdigest()}}
     flow = None
     if ckpt is not None:
         flow = load(ckpt)
@@ -107,13 +115,12 @@ def evaluate(out: str | Path, settings: EvalSettings, ckpt: str | Path | None = 
         _use_solver(flow, settings)
         report["model"] = {"checkpoint": str(ckpt), "sha256": hashlib.sha256(Path(ckpt).read_bytes()).hexdigest(),
                            **flow_spec(flow), "parameters": sum(p.numel() for p in flow.parameters())}
-        report["sampling"] = {}
-        samples_of = _flow_images(flow, settings, report["sampling"])
     else:
         if baseline not in BASELINES:
             raise ValueError(f"unknown baseline {baseline!r}; choose among {', '.join(BASELINES)}")
+        if settings.select_temperatures:
+            raise ValueError("temperature selection needs a model (--ckpt), not a baseline")
         report["model"] = {"baseline": baseline}
-        samples_of = _baseline_images(baseline, settings, arrays.x_train)
 
     # Protocols first: a missing extra or classifier should fail before any long computation.
     requested = {
@@ -121,6 +128,16 @@ def evaluate(out: str | Path, settings: EvalSettings, ckpt: str | Path | None = 
         "inception": [m for m in QUALITY_METRICS if f"inception_{m}" in settings.metrics],
     }
     protocols = {name: get_protocol(name, settings.data, settings.classifier_weights) for name, wanted in requested.items() if wanted}
+    if flow is not None and settings.select_temperatures:
+        selection = select_temperature(flow, settings)
+        report["temperature_selection"] = selection
+        settings = replace(settings, temperature=selection["chosen"])
+    report["settings"] = {k: v for k, v in asdict(settings).items() if k not in ("data", "data_dir")}
+    if flow is not None:
+        report["sampling"] = {}
+        samples_of = _flow_images(flow, settings, report["sampling"])
+    else:
+        samples_of = _baseline_images(baseline, settings, arrays.x_train)
     metrics: dict = {}
     if "bpd" in settings.metrics:
         metrics["bpd"] = _bits_per_dim(flow, arrays, settings, baseline)
@@ -133,6 +150,25 @@ def evaluate(out: str | Path, settings: EvalSettings, ckpt: str | Path | None = 
     report["wall_time_s"] = round(time.time() - start, 1)
     atomic_write_text(_json(report), out)
     return report
+
+
+def select_temperature(flow: Flow, settings: EvalSettings) -> dict:
+    """The temperature among ``settings.select_temperatures`` whose samples score the lowest FID against the
+    validation split (`real_images`' ``val``: images that training held out, never the test set).
+
+    Each candidate draws ``select_n`` samples (seed ``settings.seed + 1``, apart from the samples that
+    are scored afterwards) and is compared with ``select_n`` validation images in the
+    ``select_protocol``. Returns ``{"split", "protocol", "n", "seed", "fid": {temperature: FID}, "chosen"}``.
+    """
+    protocol = get_protocol(settings.select_protocol, settings.data, settings.classifier_weights)
+    reference = reference_features(protocol, settings.data, "val", settings.select_n, settings.data_dir)
+    fids = {}
+    for t in settings.select_temperatures:
+        images = generate(flow, settings.select_n, t, settings.seed + 1)
+        fids[t] = quality_metrics(images, protocol, reference, ("fid",))["fid"]
+    chosen = min(fids, key=fids.get)
+    return {"split": "val", "protocol": protocol.identity, "n": settings.select_n, "seed": settings.seed + 1,
+            "fid": {str(t): v for t, v in fids.items()}, "chosen": chosen}
 
 
 def _use_solver(flow: Flow, settings: EvalSettings) -> None:
