@@ -377,3 +377,56 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_reduces_bits_per_dim
         run_cli(["validate", *IMAGE_RUN, *extra, "--ckpt_path", last, f"--trainer.callbacks+={report}"], tmp_path)
         reports[name] = json.loads(out.read_text())["val/bpd"]
     assert reports["one"] == pytest.approx(reports["two"], abs=1e-5)
+
+
+class SteppingClock:
+    """A stand-in for the `time` module whose monotonic clock moves 20 s at every reading."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 20.0
+        return self.now
+
+
+def test_snapshots_keep_checkpoints_at_training_time_marks_and_resume_their_clock(tmp_path, monkeypatch):
+    from lgm.flow import load
+    from lgm.train import callbacks
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(callbacks, "time", SteppingClock())
+    main(["fit", *IMAGE_RUN, "--trainer.max_epochs", "1", "--snapshots.minutes", "[3, 1, 1000]"])
+    (run,) = (tmp_path / "runs" / "lgm").iterdir()
+    folder = run / "checkpoints"
+    assert not (folder / "snapshot-1000min.ckpt").exists()
+    first, second = (torch.load(folder / f"snapshot-{m}min.ckpt", weights_only=False) for m in (1, 3))
+    assert 0 < first["global_step"] < second["global_step"]
+    assert first["callbacks"]["TrainingTimeSnapshots"]["saved"] == [1]
+    assert 180 - 1 <= second["callbacks"]["TrainingTimeSnapshots"]["elapsed_s"] < 180 + 3 * 20
+    assert load(folder / "snapshot-3min.ckpt").shape == (1, 8, 8)
+
+    # Resumed from the 3-minute snapshot, the clock goes on from there: no mark is taken twice.
+    written = (folder / "snapshot-1min.ckpt").stat().st_mtime_ns
+    main(["fit", *IMAGE_RUN, "--trainer.max_epochs", "2", "--snapshots.minutes", "[1, 3, 6, 1000]",
+          "--ckpt_path", str(folder / "snapshot-3min.ckpt")])
+    (later,) = [r for r in (tmp_path / "runs" / "lgm").iterdir() if r != run]
+    assert (later / "checkpoints" / "snapshot-6min.ckpt").is_file()
+    assert not (later / "checkpoints" / "snapshot-1min.ckpt").exists() and not (later / "checkpoints" / "snapshot-3min.ckpt").exists()
+    assert (folder / "snapshot-1min.ckpt").stat().st_mtime_ns == written
+    state = torch.load(later / "checkpoints" / "last.ckpt", weights_only=False)["callbacks"]["TrainingTimeSnapshots"]
+    assert state["saved"] == [1, 3, 6] and state["elapsed_s"] > 360 - 1
+
+
+def test_snapshots_follow_the_trainers_timer_and_refuse_bad_marks():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import Timer
+
+    from lgm.train.callbacks import TrainingTimeSnapshots
+
+    timer = Timer(duration="00:01:00:00")
+    timer.time_elapsed = lambda stage: 1234.0
+    assert TrainingTimeSnapshots([30])._elapsed(SimpleNamespace(callbacks=[timer])) == 1234.0
+    with pytest.raises(ValueError, match="positive minutes"):
+        TrainingTimeSnapshots([60, 0])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from torchvision.utils import save_image
 
@@ -121,3 +123,59 @@ class SampleGrid(L.Callback):
                     save_image(images.float().cpu(), figures / f"samples_t{t}.png", nrow=int(self.n**0.5), padding=1)
         finally:
             flow.train(was_training)
+
+
+class TrainingTimeSnapshots(L.Callback):
+    """Keep a checkpoint of the run at given amounts of training time, for curves of a metric against time.
+
+    Writes ``snapshot-{M}min.ckpt`` beside the run's other checkpoints the first time the training
+    time reaches each mark ``M`` (minutes), checked after every training batch and epoch (a mark
+    counts as reached a second early, so a mark equal to ``max_time`` is kept). Training time is that of the trainer's `Timer` (what ``--trainer.max_time`` counts) when
+    there is one, else this callback's own clock; both count from the start of training, validation
+    included, and carry across resumes (the time is saved in every checkpoint). A snapshot is a
+    full checkpoint: `lgm.flow.load` reads it (the weight average when `FlowEMA` keeps one), and
+    ``lgm-flow fit --ckpt_path`` resumes from it. Under DDP, rank 0's clock decides for all ranks.
+
+    Args:
+        minutes: the marks, e.g. ``[60, 120, 240, 360]``; none (the default) turns the callback off.
+    """
+
+    def __init__(self, minutes: list[float] = []) -> None:  # noqa: B006
+        if any(m <= 0 for m in minutes):
+            raise ValueError(f"snapshot marks must be positive minutes, got {list(minutes)}")
+        self.minutes = sorted(minutes)
+        self.saved: list[float] = []
+        self._before = 0.0  # seconds of training in earlier processes (own clock only)
+        self._start: float | None = None
+
+    def _elapsed(self, trainer: L.Trainer) -> float:
+        timers = [cb for cb in trainer.callbacks if isinstance(cb, Timer)]
+        if timers:
+            return timers[0].time_elapsed("train")
+        return self._before + (time.monotonic() - self._start if self._start is not None else 0.0)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.monotonic()
+
+    def _save_due(self, trainer: L.Trainer) -> None:
+        pending = [m for m in self.minutes if m not in self.saved]
+        if not pending:
+            return
+        due = trainer.strategy.broadcast(self._elapsed(trainer) >= pending[0] * 60 - 1.0, src=0)
+        if due:
+            self.saved.append(pending[0])
+            folder = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else _run_folder(trainer) / "checkpoints"
+            trainer.save_checkpoint(folder / f"snapshot-{pending[0]:g}min.ckpt")
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        self._save_due(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save_due(trainer)
+
+    def state_dict(self) -> dict:
+        return {"elapsed_s": self._before + (time.monotonic() - self._start if self._start is not None else 0.0), "saved": list(self.saved)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._before = state_dict["elapsed_s"]
+        self.saved = list(state_dict["saved"])

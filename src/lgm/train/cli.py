@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lgm.flow.io import CheckpointError, check_readable
-from lgm.train.callbacks import SampleGrid, ToyDiagnostics
+from lgm.train.callbacks import SampleGrid, ToyDiagnostics, TrainingTimeSnapshots
 from lgm.train.ema import FlowEMA
 from lgm.train.guard import TrainingDiverged
 from lgm.train.module import FlowModule
@@ -76,6 +76,7 @@ class FlowCLI(LightningCLI):
         parser.add_lightning_class_args(FlowEMA, "ema")
         parser.add_lightning_class_args(ToyDiagnostics, "toy_diagnostics")
         parser.add_lightning_class_args(SampleGrid, "sample_grid")
+        parser.add_lightning_class_args(TrainingTimeSnapshots, "snapshots")
 
     def _parse_ckpt_path(self) -> None:
         """Check a ``--ckpt_path`` file before anything reads it. (Lightning's version of this hook reads
