@@ -285,11 +285,11 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def machine_line(threads: int) -> str:
+def machine_line(threads: int, with_normflows: bool = True) -> str:
     """One line saying where and with what the numbers were measured."""
-    nf = import_normflows()
+    versions = f"torch {torch.__version__}" + (f", normflows {import_normflows().__version__}" if with_normflows else "")
     return (
-        f"{time.strftime('%Y-%m-%d')}, torch {torch.__version__}, normflows {nf.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}, {versions}, "
         f"{threads} thread(s) on {len(os.sched_getaffinity(0))} CPU core(s) ({platform.processor() or platform.machine()})"
     )
 

@@ -1,0 +1,57 @@
+"""Sampling throughput of trained models (any checkpoints or saved models), side by side.
+
+    python -m benchmarks.checkpoint_sampling --ckpt NICE=nice.ckpt --ckpt FM=fm.ckpt \\
+        [--threads 1] [--repeats 5] [--n 100] [--temperature 1.0] [--solver midpoint --steps 16]
+
+Prints a markdown table of images/s: the median of ``--repeats`` timings of one call drawing ``--n``
+images, the models measured in turns (interleaved) so that a load on the machine hits all alike.
+``--solver``/``--steps`` set the ODE solver of continuous flows (`FlowMatching`) and are ignored by
+the others, whose sampling is one pass through the inverse flow.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from benchmarks.common import interleaved_rates, machine_line, markdown_table, n_parameters
+from lgm.flow import FlowMatching, load
+from lgm.flow.ode import SOLVERS
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", action="append", required=True, metavar="NAME=PATH", help="a model to time (repeat the option)")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls per model; the median is reported")
+    p.add_argument("--n", type=int, default=100, help="images per sampling call (default 100)")
+    p.add_argument("--temperature", type=float, default=1.0, help="prior temperature (default 1.0)")
+    p.add_argument("--solver", choices=SOLVERS, help="ODE solver of continuous flows (default: the model's)")
+    p.add_argument("--steps", type=int, help="ODE solver steps of continuous flows (default: the model's)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    models = {}
+    for spec in args.ckpt:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            p.error(f"--ckpt takes NAME=PATH, got {spec!r}")
+        models[name] = load(path).eval()
+        if isinstance(models[name], FlowMatching):
+            models[name].use_solver(args.solver, args.steps)
+    calls = {name: (lambda m=m: m.sample(args.n, temperature=args.temperature)) for name, m in models.items()}
+    rates = interleaved_rates(calls, args.n, args.repeats, warmup=1)
+    fastest = max(rates.values())
+    rows = [[name, type(m).__name__ + _cost(m), f"{n_parameters(m) / 1e6:.2f}M", f"{rates[name]:.1f}", f"{rates[name] / fastest:.3f}"]
+            for name, m in models.items()]
+    print(f"Sampling {args.n} images at T = {args.temperature}, {machine_line(args.threads, with_normflows=False)}; "
+          f"median of {args.repeats} calls\n")
+    print(markdown_table(["model", "class", "parameters", "images/s", "relative to the fastest"], rows))
+
+
+def _cost(model) -> str:
+    return f" ({model.solver}, {model.steps} steps, {model.last_nfe} velocity evaluations)" if isinstance(model, FlowMatching) else ""
+
+
+if __name__ == "__main__":
+    main()
