@@ -1,0 +1,1 @@
+"""Scripts that turn training runs into the measured tables of the README and docs/experiments.md."""
