@@ -155,6 +155,15 @@ def test_digits_are_embedded_and_split():
     assert arrays.x_train.dtype == torch.uint8 and int(arrays.x_train.max()) == 255
 
 
+def test_the_seed_changes_the_order_but_not_the_held_out_images():
+    first, second, other_split = (ImageDataModule("digits", seed=s, split_seed=k) for s, k in ((0, 0), (1, 0), (0, 1)))
+    for dm in (first, second, other_split):
+        dm.setup()
+    assert torch.equal(first.val_index, second.val_index)
+    assert not torch.equal(next(iter(first.train_dataloader()))[0], next(iter(second.train_dataloader()))[0])
+    assert not torch.equal(first.val_index.sort().values, other_split.val_index.sort().values)
+
+
 def test_data_module_split_batches_and_flip():
     dm = ImageDataModule("digits", val_size=100, batch_size=32, hflip=True, seed=3)
     dm.setup()

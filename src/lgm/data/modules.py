@@ -171,7 +171,10 @@ class ImageDataModule(L.LightningDataModule):
             training set if that is smaller).
         batch_size: batch size for training and evaluation.
         hflip: flip training images horizontally at random (for CIFAR-10; not for digits).
-        seed: seed of the train/validation split and of the training order.
+        seed: seed of the training order (and flips): what differs between the seeds of a recipe.
+        split_seed: seed of the train/validation split, kept apart from ``seed`` so that every seed of a
+            recipe holds out the same validation images (those `lgm-flow evaluate --reference val`
+            and ``--select-temperature`` score against, with the defaults).
     """
 
     def __init__(
@@ -183,20 +186,21 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: int = 64,
         hflip: bool = False,
         seed: int = 0,
+        split_seed: int = 0,
     ) -> None:
         super().__init__()
         self.info = get_dataset(name)
         self.shape = self.info.shape
         self.n_classes = self.info.n_classes
         self.data_dir, self.download = data_dir, download
-        self.val_size, self.batch_size, self.hflip, self.seed = val_size, batch_size, hflip, seed
+        self.val_size, self.batch_size, self.hflip, self.seed, self.split_seed = val_size, batch_size, hflip, seed, split_seed
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "arrays"):
             return
         self.arrays: ImageArrays = load_images(self.info.name, self.data_dir, self.download)
         try:
-            self.val_index, self.train_index = validation_split(len(self.arrays.x_train), self.val_size, self.seed)
+            self.val_index, self.train_index = validation_split(len(self.arrays.x_train), self.val_size, self.split_seed)
         except ValueError as e:
             raise ValueError(f"{e} for {self.info.name}") from None
 
