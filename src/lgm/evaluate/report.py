@@ -191,7 +191,7 @@ def _flow_images(flow: Flow, settings: EvalSettings, timing: dict):
             start = time.perf_counter()
             cache[n] = generate(flow, max(n, settings.n_samples), settings.temperature, settings.seed)
             seconds = time.perf_counter() - start
-            timing.update(images=len(cache[n]), seconds=round(seconds, 2), images_per_second=round(len(cache[n]) / seconds, 2),
+            timing.update(images=len(cache[n]), seconds=round(seconds, 3), images_per_second=round(len(cache[n]) / seconds, 2),
                           threads=torch.get_num_threads())
             if isinstance(flow, FlowMatching):
                 timing.update(solver=flow.solver, steps=flow.steps, velocity_evaluations=flow.last_nfe)
