@@ -83,8 +83,6 @@ class EvalSettings:
             raise ValueError(f"select_n must be at least 10, got {self.select_n}")
         if self.select_protocol not in ("classifier", "inception"):
             raise ValueError(f"select_protocol must be 'classifier' or 'inception', got {self.select_protocol!r}")
-        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
-            raise ValueError(f"the number of solver steps must be a positive integer, got {self.steps!r}")
 
 
 def _protocol_metrics(settings: EvalSettings, images_for, protocol: Protocol, wanted: list[str], n: int) -> dict:

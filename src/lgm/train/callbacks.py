@@ -130,8 +130,9 @@ class TrainingTimeSnapshots(L.Callback):
 
     Writes ``snapshot-{M}min.ckpt`` beside the run's other checkpoints the first time the training
     time reaches each mark ``M`` (minutes), checked after every training batch and epoch (a mark
-    counts as reached a second early, so a mark equal to ``max_time`` is kept). Training time is that of the trainer's `Timer` (what ``--trainer.max_time`` counts) when
-    there is one, else this callback's own clock; both count from the start of training, validation
+    counts as reached a second early, so a mark equal to ``max_time`` is kept). Training time is
+    that of the trainer's `Timer` (what ``--trainer.max_time`` counts) when there is one, else this
+    callback's own clock; both count from the start of training, validation
     included, and carry across resumes (the time is saved in every checkpoint). A snapshot is a
     full checkpoint: `lgm.flow.load` reads it (the weight average when `FlowEMA` keeps one), and
     ``lgm-flow fit --ckpt_path`` resumes from it. Under DDP, rank 0's clock decides for all ranks.
@@ -150,8 +151,9 @@ class TrainingTimeSnapshots(L.Callback):
 
     def _elapsed(self, trainer: L.Trainer) -> float:
         timers = [cb for cb in trainer.callbacks if isinstance(cb, Timer)]
-        if timers:
-            return timers[0].time_elapsed("train")
+        return timers[0].time_elapsed("train") if timers else self._own_clock()
+
+    def _own_clock(self) -> float:
         return self._before + (time.monotonic() - self._start if self._start is not None else 0.0)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -174,7 +176,7 @@ class TrainingTimeSnapshots(L.Callback):
         self._save_due(trainer)
 
     def state_dict(self) -> dict:
-        return {"elapsed_s": self._before + (time.monotonic() - self._start if self._start is not None else 0.0), "saved": list(self.saved)}
+        return {"elapsed_s": self._own_clock(), "saved": list(self.saved)}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._before = state_dict["elapsed_s"]
