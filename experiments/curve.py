@@ -2,7 +2,7 @@
 
     python -m experiments.curve RUN [RUN ...] --data fashion_mnist --out curves \\
         [--bpd-images 1000] [--select-n 1000] [--select-protocol inception] [--inception-n 10000] \\
-        [--solver midpoint --steps 16]
+        [--solver midpoint --steps 16] [--likelihood-solver rk4 --likelihood-steps 128]
 
 A run's snapshots are its ``checkpoints/snapshot-<M>min.ckpt`` (written by ``--snapshots.minutes``).
 Each is scored by `lgm.evaluate.report.evaluate` against the test set (bits/dim; the classifier and
@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--select-protocol", choices=("classifier", "inception"), default="inception")
     p.add_argument("--solver", choices=SOLVERS, help="ODE solver, for continuous flows")
     p.add_argument("--steps", type=int, help="ODE solver steps, for continuous flows")
+    p.add_argument("--likelihood-solver", choices=("auto", *SOLVERS), help="ODE solver of bits/dim, for continuous flows")
+    p.add_argument("--likelihood-steps", type=int, help="ODE solver steps of bits/dim, for continuous flows")
     p.add_argument("--data-dir", help="folder with the data (default $LGM_DATA_DIR)")
     args = p.parse_args(argv)
     missing = [str(r) for r in args.runs if not snapshots(r)]
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = EvalSettings(
         data=args.data, metrics=METRICS, n_samples=args.n_samples, inception_n=args.inception_n, reference="test",
         bpd_images=args.bpd_images, figures=False, data_dir=args.data_dir, solver=args.solver, steps=args.steps,
+        likelihood_solver=args.likelihood_solver, likelihood_steps=args.likelihood_steps,
         select_temperatures=TEMPERATURES, select_n=args.select_n, select_protocol=args.select_protocol,
     )
     print(table(evaluate_runs(args.runs, args.out, settings)))

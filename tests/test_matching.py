@@ -1,6 +1,5 @@
 """Flow matching: ODE solvers, the learned field against the closed form, likelihoods, and the surfaces."""
 
-import importlib.util
 import json
 import itertools
 import math
@@ -11,12 +10,12 @@ import torch
 from lgm.data import ImageDataModule, ToyDataModule
 from lgm.evaluate import integrate_density
 from lgm.flow import FlowMatching, load, save
+from lgm.flow.io import CheckpointError
 from lgm.flow.matching import _ot_assignment
 from lgm.flow.ode import SOLVERS, odeint
 from lgm.train import fit_flow
 from lgm.train.cli import main
 
-HAS_TORCHDIFFEQ = importlib.util.find_spec("torchdiffeq") is not None
 MEAN, STD = torch.tensor([1.0, -0.5]), 0.5
 
 
@@ -40,7 +39,6 @@ def test_solvers_integrate_backwards_in_time():
     assert y.item() == pytest.approx(1.0, abs=1e-6)
 
 
-@pytest.mark.skipif(not HAS_TORCHDIFFEQ, reason="torchdiffeq (the ode extra) is not installed")
 def test_adaptive_dopri5_reaches_its_tolerance_and_counts_evaluations():
     (y,), nfe = odeint(lambda t, s: (math.cos(t) * s[0],), (torch.ones(3, dtype=torch.float64),), 0.0, 2.0,
                        "dopri5", rtol=1e-8, atol=1e-8)
@@ -135,7 +133,7 @@ def test_temperature_scales_the_initial_noise(gaussian_model):
 
 def random_image_model(**kwargs):
     torch.manual_seed(1)
-    model = FlowMatching((1, 4, 4), n_bits=8, widths=(8, 8), embed=8, steps=8, **kwargs)
+    model = FlowMatching((1, 4, 4), n_bits=8, widths=(8, 8), embed=8, steps=8, likelihood_solver="rk4", **kwargs)
     with torch.no_grad():  # the zero-initialised head would make v = 0 and every divergence 0
         for p in model.velocity.head.parameters():
             p.normal_(0, 0.3)
@@ -229,7 +227,7 @@ def test_evaluate_reports_on_a_flow_matching_model(tmp_path, monkeypatch):
     out = tmp_path / "report.json"
     main(["evaluate", "--ckpt", str(tmp_path / "fm.pt"), "--data", "fashion_mnist", "--data-dir", str(data),
           "--metrics", "bpd,fid", "--n-samples", "20", "--bpd-images", "10", "--solver", "midpoint", "--steps", "3",
-          "--classifier-weights", str(tmp_path / "classifier.pt"), "--out", str(out)])
+          "--likelihood-solver", "heun", "--likelihood-steps", "2", "--classifier-weights", str(tmp_path / "classifier.pt"), "--out", str(out)])
     report = json.loads(out.read_text())
     assert math.isfinite(report["metrics"]["bpd"]["value"]) and math.isfinite(report["metrics"]["classifier"]["fid"])
     assert report["diagnostics"]["reconstruction_max_abs_error"] < 1e-3  # an untrained field: v = 0
@@ -237,6 +235,8 @@ def test_evaluate_reports_on_a_flow_matching_model(tmp_path, monkeypatch):
     assert (sampling["solver"], sampling["steps"], sampling["velocity_evaluations"]) == ("midpoint", 3, 6)
     assert sampling["images"] == 20 and sampling["seconds"] == pytest.approx(20 / sampling["images_per_second"], abs=1e-3)
     assert report["settings"]["solver"] == "midpoint"
+    bpd = report["metrics"]["bpd"]
+    assert (bpd["solver"], bpd["steps"], bpd["divergence"], bpd["probes"]) == ("heun", 2, "hutchinson", 1)
 
 
 def test_evaluate_refuses_solver_options_for_a_coupling_flow(tmp_path, capsys):
@@ -258,6 +258,32 @@ def test_use_solver_keeps_the_old_solver_on_a_bad_value():
     with pytest.raises(ValueError, match="unknown ODE solver 'leapfrog'"):
         model.use_solver("leapfrog", 5)
     assert (model.solver, model.steps) == ("rk4", 3)
+
+
+def test_image_likelihoods_integrate_adaptively_by_default_apart_from_the_sampling_solver(tmp_path):
+    image, points = FlowMatching((1, 4, 4), n_bits=8, widths=(8, 8), steps=8), FlowMatching(2, hidden=8, depth=1, steps=8)
+    assert image.likelihood_integration == ("dopri5", 8) and points.likelihood_integration == ("rk4", 8)
+    image.use_likelihood_solver("heun", 3)
+    image.log_prob(torch.rand(2, 1, 4, 4))
+    assert image.last_nfe == 2 * 3
+    image.sample(2)
+    assert image.last_nfe == 4 * 8 and (image.solver, image.steps) == ("rk4", 8)
+    with pytest.raises(ValueError, match="unknown likelihood solver 'leapfrog'; choose auto or one of"):
+        image.use_likelihood_solver("leapfrog")
+    assert image.likelihood_integration == ("heun", 3)
+    save(FlowMatching(2, hidden=8, depth=1, likelihood_solver="midpoint", likelihood_steps=5), tmp_path / "fm.pt")
+    assert load(tmp_path / "fm.pt").likelihood_integration == ("midpoint", 5)
+
+
+def test_a_checkpoint_from_before_an_argument_existed_still_resumes():
+    from lgm.flow.io import check_compatible, flow_spec
+
+    model = FlowMatching(2, hidden=8, depth=1)
+    old = flow_spec(model)
+    old["init_args"] = {k: v for k, v in old["init_args"].items() if not k.startswith("likelihood_")}
+    check_compatible(old, model, "old.ckpt")  # the missing arguments take their defaults
+    with pytest.raises(CheckpointError, match=r"likelihood_solver"):
+        check_compatible(old, FlowMatching(2, hidden=8, depth=1, likelihood_solver="rk4"), "old.ckpt")
 
 
 def test_check_invertible_refuses_a_continuous_flow_with_the_reason():

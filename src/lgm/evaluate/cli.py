@@ -38,6 +38,9 @@ def evaluate_main(argv: list[str]) -> dict:
     parser.add_argument("--data-dir", help="folder with the data (default $LGM_DATA_DIR)")
     parser.add_argument("--solver", choices=SOLVERS, help="ODE solver of the samples, for continuous flows (default: the model's)")
     parser.add_argument("--steps", type=int, help="ODE solver steps of the samples, for continuous flows (default: the model's)")
+    parser.add_argument("--likelihood-solver", choices=("auto", *SOLVERS),
+                        help="ODE solver of bits/dim, for continuous flows (default: the model's; auto is dopri5 for images)")
+    parser.add_argument("--likelihood-steps", type=int, help="ODE solver steps of bits/dim, for continuous flows (default: the model's)")
     parser.add_argument("--no-figures", action="store_true", help="metrics only")
     parser.add_argument("--out", default="report.json", help="JSON report; figures are written beside it (default report.json)")
     args = parser.parse_args(argv)
@@ -55,6 +58,7 @@ def evaluate_main(argv: list[str]) -> dict:
         select_temperatures=candidates, select_n=args.select_n, select_protocol=args.select_protocol,
         reference=args.reference, bpd_images=args.bpd_images, noise=args.noise, figures=not args.no_figures,
         data_dir=args.data_dir, classifier_weights=args.classifier_weights, solver=args.solver, steps=args.steps,
+        likelihood_solver=args.likelihood_solver, likelihood_steps=args.likelihood_steps,
     )
     try:
         report = evaluate(args.out, settings, ckpt=args.ckpt, baseline=args.baseline)

@@ -62,6 +62,8 @@ class EvalSettings:
     classifier_weights: str | None = None
     solver: str | None = None
     steps: int | None = None
+    likelihood_solver: str | None = None
+    likelihood_steps: int | None = None
     select_temperatures: tuple[float, ...] = ()
     select_n: int = 1_000
     select_protocol: str = "inception"
@@ -170,12 +172,14 @@ def select_temperature(flow: Flow, settings: EvalSettings) -> dict:
 
 
 def _use_solver(flow: Flow, settings: EvalSettings) -> None:
-    """Apply ``settings.solver``/``steps`` to a continuous flow; refuse them for any other."""
-    if settings.solver is None and settings.steps is None:
+    """Apply the solver settings to a continuous flow; refuse them for any other."""
+    chosen = (settings.solver, settings.steps, settings.likelihood_solver, settings.likelihood_steps)
+    if all(value is None for value in chosen):
         return
     if not isinstance(flow, FlowMatching):
-        raise ValueError(f"--solver and --steps apply to continuous flows (FlowMatching) only, not to {type(flow).__name__}")
+        raise ValueError(f"--solver, --steps and --likelihood-* apply to continuous flows (FlowMatching) only, not to {type(flow).__name__}")
     flow.use_solver(settings.solver, settings.steps)
+    flow.use_likelihood_solver(settings.likelihood_solver, settings.likelihood_steps)
 
 
 def _flow_images(flow: Flow, settings: EvalSettings, timing: dict):
@@ -217,7 +221,12 @@ def _bits_per_dim(flow: Flow | None, arrays, settings: EvalSettings, baseline: s
     if flow is not None:
         torch.manual_seed(settings.seed)
         mean, se = mean_bits_per_dim(flow, x, y if flow.n_classes else None, desc="test bits/dim")
-        return {"value": mean, "stderr": se, "images": len(x), "bound": "uniform dequantisation, 1 sample"}
+        result = {"value": mean, "stderr": se, "images": len(x), "bound": "uniform dequantisation, 1 sample"}
+        if isinstance(flow, FlowMatching):
+            solver, steps = flow.likelihood_integration
+            result.update(solver=solver, **({} if solver == "dopri5" else {"steps": steps}),
+                          divergence=flow.divergence, probes=flow.probes)
+        return result
     if baseline == "gaussian":
         v = PixelGaussian(arrays.x_train).bits_per_dim(x)
         return {"value": v.mean().item(), "stderr": (v.std() / math.sqrt(len(v))).item(), "images": len(x), "bound": "exact"}

@@ -13,6 +13,7 @@ Files are read with ``torch.load(weights_only=True)``: loading never runs code s
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import tempfile
 import zipfile
@@ -108,14 +109,22 @@ def check_compatible(spec: dict | None, flow: Flow, source: str) -> None:
     if spec is None:
         raise CheckpointError(f"{source} is not an lgm-flow checkpoint: it has no 'lgm_flow' entry")
     mine = flow_spec(flow)
-    if spec.get("class_path") != mine["class_path"] or spec.get("init_args") != mine["init_args"]:
-        theirs = spec.get("init_args", {})
+    theirs = _with_defaults(type(flow), spec.get("init_args", {}))
+    if spec.get("class_path") != mine["class_path"] or theirs != mine["init_args"]:
         differ = sorted(k for k in set(theirs) | set(mine["init_args"]) if theirs.get(k) != mine["init_args"].get(k))
         raise CheckpointError(
             f"{source} holds a {spec.get('class_path')} that differs from the configured {mine['class_path']} in "
             f"{differ or 'its class'} (file: {[theirs.get(k) for k in differ]}, config: "
             f"{[mine['init_args'].get(k) for k in differ]}). Resume with the run's own config.yaml"
         )
+
+
+def _with_defaults(cls: type, init_args: dict) -> dict:
+    """``init_args`` completed with ``cls``'s defaults for arguments it lacks: a file written before an
+    argument was added to the class describes the model that the default builds."""
+    defaults = {name: p.default for name, p in inspect.signature(cls).parameters.items()
+                if p.default is not inspect.Parameter.empty and name not in init_args}
+    return {**init_args, **defaults}
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Flow:

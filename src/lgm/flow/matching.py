@@ -31,7 +31,7 @@ from torch import Tensor
 
 from lgm.flow.base import Compose, Flow, data_initialization
 from lgm.flow.discrete import check_images, dequantize, reduce_bits
-from lgm.flow.ode import check_solver, odeint
+from lgm.flow.ode import SOLVERS, check_solver, odeint
 from lgm.flow.preprocess import make_preprocessing
 from lgm.flow.priors import StandardGaussian
 from lgm.flow.velocity import VelocityMLP, VelocityUNet
@@ -54,8 +54,12 @@ class FlowMatching(Flow):
             (``n_bits=None`` for continuous data).
         coupling: ``"independent"`` noise-data pairs, or ``"ot"``: each batch's pairs re-matched by an
             exact assignment minimising the total squared distance (minibatch optimal transport).
-        solver, steps: the ODE solver (see `lgm.flow.ode`) and its number of steps, for sampling,
-            encoding and likelihoods. Change them after training at will (``model.steps = 100``).
+        solver, steps: the ODE solver (see `lgm.flow.ode`) and its number of steps, for sampling and
+            encoding. Change them after training at will (`use_solver`).
+        likelihood_solver, likelihood_steps: the solver of `log_prob` (so of bits/dim and the test
+            loop). ``"auto"`` is ``dopri5`` for images and the sampling solver for vectors: on images a
+            few fixed steps overstate the likelihood badly (RK4 x 16 gave 2.63 bits/dim for a
+            FashionMNIST model whose converged value is 3.31). ``likelihood_steps=None``: ``steps``.
         divergence: ``"exact"``, ``"hutchinson"`` or ``"auto"`` (exact up to 64 dimensions).
         probes: Hutchinson probe vectors per sample (the estimate's variance falls as 1/probes).
         rtol, atol: tolerances of the adaptive ``dopri5`` solver.
@@ -76,6 +80,8 @@ class FlowMatching(Flow):
         coupling: str = "independent",
         solver: str = "rk4",
         steps: int = 32,
+        likelihood_solver: str = "auto",
+        likelihood_steps: int | None = None,
         divergence: str = "auto",
         probes: int = 1,
         rtol: float = 1e-5,
@@ -105,12 +111,15 @@ class FlowMatching(Flow):
             self.velocity = VelocityUNet(model_shape[0], tuple(widths), embed, n_classes)
         self.n_classes = n_classes
         self.coupling, self.solver, self.steps = coupling, solver, steps
+        self.likelihood_solver, self.likelihood_steps = likelihood_solver, likelihood_steps
+        check_solver(*self.likelihood_integration)
         self.divergence, self.probes, self.rtol, self.atol = divergence, probes, rtol, atol
         self.last_nfe = 0  # function evaluations of the latest integration
         self.init_args = {
             "shape": list(shape), "hidden": hidden, "depth": depth, "widths": list(widths), "embed": embed,
             "n_classes": n_classes, "n_bits": n_bits, "data_range": data_range, "logit_alpha": logit_alpha,
-            "pad_to": pad_to, "coupling": coupling, "solver": solver, "steps": steps, "divergence": divergence,
+            "pad_to": pad_to, "coupling": coupling, "solver": solver, "steps": steps,
+            "likelihood_solver": likelihood_solver, "likelihood_steps": likelihood_steps, "divergence": divergence,
             "probes": probes, "rtol": rtol, "atol": atol,
         }
 
@@ -121,6 +130,26 @@ class FlowMatching(Flow):
         steps = self.steps if steps is None else steps
         check_solver(solver, steps)
         self.solver, self.steps = solver, steps
+
+    def use_likelihood_solver(self, solver: str | None = None, steps: int | None = None) -> None:
+        """Integrate `log_prob` with ``solver`` (or ``"auto"``) and ``steps`` from now on (``None`` keeps
+        the current one); a `ValueError` names the choices for a bad value, and nothing changes then."""
+        solver = self.likelihood_solver if solver is None else solver
+        steps = self.likelihood_steps if steps is None else steps
+        check_solver(*self._resolve_likelihood_solver(solver, steps))
+        self.likelihood_solver, self.likelihood_steps = solver, steps
+
+    @property
+    def likelihood_integration(self) -> tuple[str, int]:
+        """The ``(solver, steps)`` that `log_prob` integrates with, ``"auto"`` resolved."""
+        return self._resolve_likelihood_solver(self.likelihood_solver, self.likelihood_steps)
+
+    def _resolve_likelihood_solver(self, solver: str, steps: int | None) -> tuple[str, int]:
+        if solver == "auto":
+            solver = "dopri5" if self.n_bits is not None else self.solver
+        elif solver not in SOLVERS:
+            raise ValueError(f"unknown likelihood solver {solver!r}; choose auto or one of {', '.join(SOLVERS)}")
+        return solver, self.steps if steps is None else steps
 
     # -- training ---------------------------------------------------------------------------------
 
@@ -173,7 +202,8 @@ class FlowMatching(Flow):
             return v.detach(), div.detach()
 
         start = (y, torch.zeros(len(y), device=y.device, dtype=y.dtype))
-        (y0, logdet), self.last_nfe = odeint(dynamics, start, 1.0, 0.0, self.solver, self.steps, self.rtol, self.atol)
+        solver, steps = self.likelihood_integration
+        (y0, logdet), self.last_nfe = odeint(dynamics, start, 1.0, 0.0, solver, steps, self.rtol, self.atol)
         return y0, logdet
 
     # -- the Flow interface -------------------------------------------------------------------------

@@ -6,13 +6,12 @@ evaluations (NFE). ``state`` is a tuple of tensors (e.g. points and their log-de
 
 Fixed-step solvers take ``steps`` equal steps: ``euler`` (order 1, 1 NFE per step), ``midpoint``
 and ``heun`` (order 2, 2 NFE), ``rk4`` (classic Runge-Kutta, order 4, 4 NFE). ``dopri5`` is the
-adaptive Dormand-Prince method of ``torchdiffeq`` (``pip install 'lgm-flow[ode]'``), controlled by
+adaptive Dormand-Prince method of ``torchdiffeq``, controlled by
 ``rtol``/``atol`` instead of ``steps``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Callable
 
 import torch
@@ -32,8 +31,6 @@ def check_solver(solver: str, steps: int) -> None:
         raise ValueError(f"unknown ODE solver {solver!r}; choose one of {', '.join(SOLVERS)}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"the number of solver steps must be a positive integer, got {steps!r}")
-    if solver == "dopri5" and importlib.util.find_spec("torchdiffeq") is None:
-        raise ModuleNotFoundError("the adaptive dopri5 solver needs torchdiffeq: pip install 'lgm-flow[ode]'")
 
 
 def _axpy(state: State, h: float, *terms: tuple[float, State]) -> State:
