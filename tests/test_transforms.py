@@ -9,7 +9,7 @@ from functools import partial
 
 from lgm.flow import (
     ActNorm, AdditiveCoupling, AffineCoupling, AffineVectorCoupling, ChannelPermutation, Compose, DiagonalScaling,
-    Glow, InvConv1x1, NiceFlow, Reshape, SCALE_MAPS, Squeeze, VectorRealNVP, check_invertible, jacobian_logdet, mlp,
+    Glow, InvConv1x1, NiceFlow, Reshape, SCALE_MAPS, Squeeze, VectorGlow, VectorRealNVP, check_invertible, jacobian_logdet, mlp,
 )
 from lgm.flow.base import data_initialization
 from lgm.flow.nets import glow_net, resnet
@@ -79,6 +79,12 @@ TRANSFORMS = {
         for scale in ("exp", "softclamp")
     },
     "vector-realnvp": lambda: VectorRealNVP(shape=DIM, couplings=4, hidden=8).transform,
+    **{
+        f"vector-glow-{permutation}": (
+            lambda permutation=permutation: initialized_net(VectorGlow(DIM, 3, hidden=8, permutation=permutation).transform, (DIM,))
+        )
+        for permutation in ("conv_lu", "conv", "shuffle")
+    },
     "nice-batchnorm-eval": lambda: NiceFlow(shape=(DIM,), hidden=8, depth=2, norm="batch").transform.eval(),
     "center": lambda: Center(),
     "logit": lambda: Logit(0.05),

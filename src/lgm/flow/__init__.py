@@ -9,7 +9,7 @@ from lgm.flow.base import Compose, DataInitialized, Flow, Reshape, Transform
 from lgm.flow.checks import InvertibilityReport, check_invertible, jacobian_logdet
 from lgm.flow.discrete import dequantize, quantize, reduce_bits
 from lgm.flow.coupling import AdditiveCoupling, AffineCoupling, AffineVectorCoupling
-from lgm.flow.glow import Glow
+from lgm.flow.glow import Glow, VectorGlow
 from lgm.flow.io import load, save
 from lgm.flow.layers import ActNorm, ChannelPermutation, DiagonalScaling, InvConv1x1, Squeeze
 from lgm.flow.matching import FlowMatching
@@ -50,6 +50,7 @@ __all__ = [
     "StandardLogistic",
     "TopPrior",
     "Transform",
+    "VectorGlow",
     "VectorRealNVP",
     "check_invertible",
     "dequantize",

@@ -1,4 +1,5 @@
-"""Glow (Kingma & Dhariwal 2018): multi-scale steps of actnorm -> invertible 1x1 conv -> affine coupling.
+"""Glow (Kingma & Dhariwal 2018): multi-scale steps of actnorm -> invertible 1x1 conv -> affine coupling,
+on images (`Glow`), and its steps on flat features (`VectorGlow`, 2-D toys).
 
 Details from openai/glow's ``model.py``: the coupling network's last convolution starts at zero, the
 coupling's scale is ``sigmoid(h + 2)``, each split has a learned conditional prior and the top a
@@ -7,16 +8,17 @@ learned prior, and actnorm is initialised from data.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import partial
 
-from lgm.flow.base import Compose, Transform
-from lgm.flow.coupling import AffineCoupling
+from lgm.flow.base import Compose, Flow, Reshape, Transform
+from lgm.flow.coupling import AffineCoupling, AffineVectorCoupling, check_partition
 from lgm.flow.layers import ActNorm, ChannelPermutation, InvConv1x1, Squeeze
 from lgm.flow.multiscale import MultiScaleFlow, check_divisible
-from lgm.flow.nets import glow_net
+from lgm.flow.nets import glow_net, mlp
 from lgm.flow.preprocess import make_preprocessing
-from lgm.flow.priors import SplitPrior, TopPrior
+from lgm.flow.priors import SplitPrior, TopPrior, make_prior
 
 PERMUTATIONS = ("conv_lu", "conv", "reverse", "shuffle")
 
@@ -112,3 +114,53 @@ class Glow(MultiScaleFlow):
     def cpu_fashion(cls, **overrides) -> "Glow":
         """A CPU-sized model for 28x28 images: L = 2, K = 8, width 64."""
         return cls(**{**dict(shape=(1, 28, 28), levels=2, steps=8, hidden=64), **overrides})
+
+
+class VectorGlow(Flow):
+    """Glow's step on continuous vectors (e.g. the 2-D toys): ``steps`` x (actnorm, invertible
+    linear map, affine coupling) on flat features, then a standard prior. Samples of any shape
+    are flattened to ``D`` features (D even).
+
+    On ``[B, D]`` the 1x1 convolution is a learned ``D x D`` matrix (``logdet = log|det W|``) and
+    actnorm a per-feature affine map initialised from the first batch. As in Glow, every coupling
+    changes the same half; the linear maps do the mixing.
+
+    Args:
+        shape: shape of one sample, ``2`` for 2-D points.
+        steps: number of (actnorm, linear map, coupling) steps.
+        hidden, depth, activation: each coupling network's MLP (`lgm.flow.nets.mlp`), zero-initialised.
+        permutation: ``"conv_lu"``, ``"conv"``, ``"reverse"`` or ``"shuffle"``, as in `Glow`.
+        scale: the couplings' positivity map (see `lgm.flow.scales`); ``"sigmoid"`` is openai/glow's.
+        prior: ``"gaussian"`` or ``"logistic"``.
+        seed: seed of the linear maps' orthogonal initialisation and of shuffles.
+    """
+
+    def __init__(
+        self,
+        shape: int | Sequence[int] = 2,
+        steps: int = 8,
+        hidden: int = 64,
+        depth: int = 2,
+        activation: str = "relu",
+        permutation: str = "conv_lu",
+        scale: str = "sigmoid",
+        prior: str = "gaussian",
+        seed: int = 0,
+    ) -> None:
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        dim = math.prod(shape)
+        check_partition(dim, "halves")
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        layers: list[Transform] = [Reshape(shape, (dim,))]
+        for step in range(steps):
+            layers += [
+                ActNorm(dim),
+                make_permutation(permutation, dim, seed + step),
+                AffineVectorCoupling(dim, mlp(dim // 2, dim, hidden, depth, activation), scale=scale),
+            ]
+        super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape)
+        self.init_args = dict(
+            shape=list(shape), steps=steps, hidden=hidden, depth=depth, activation=activation,
+            permutation=permutation, scale=scale, prior=prior, seed=seed,
+        )
