@@ -86,6 +86,39 @@ def test_cli_fit_writes_logs_checkpoints_figures_and_resumes(tmp_path, monkeypat
     assert torch.isfinite(flow.log_prob(toy.banana(100))).all()
 
 
+def test_resuming_from_a_runs_checkpoint_continues_in_its_folder(tmp_path, monkeypatch):
+    """``fit --ckpt_path runs/lgm/<v>/checkpoints/last.ckpt`` with the recipe's own flags (not the run's
+    saved config) keeps logs, checkpoints and the best-model record in ``<v>``; a checkpoint from
+    elsewhere starts a new run folder."""
+    monkeypatch.chdir(tmp_path)
+    main(["fit", *TINY])
+    run = run_dir(tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    steps_one_epoch = torch.load(last, weights_only=True)["global_step"]
+    monkeypatch.setattr("lgm.train.cli.datetime", _LaterClock)  # a resume in another second than the first run
+    main(["fit", *TINY, "--trainer.max_epochs", "2", "--ckpt_path", str(last.relative_to(tmp_path))])
+    assert run_dir(tmp_path) == run, "the resume opened a second run folder"
+    assert torch.load(last, weights_only=True)["global_step"] == 2 * steps_one_epoch
+    with open(run / "metrics.csv") as f:
+        assert {row["epoch"] for row in csv.DictReader(f) if row["val/nll"]} == {"0", "1"}
+
+    elsewhere = tmp_path / "saved" / "model.ckpt"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(last.read_bytes())
+    main(["fit", *TINY, "--trainer.max_epochs", "3", "--ckpt_path", str(elsewhere)])
+    assert len(list((tmp_path / "runs" / "lgm").iterdir())) == 2
+
+
+class _LaterClock:
+    """``datetime`` whose ``now()`` is a day later, so a new run folder would get a new name."""
+
+    @staticmethod
+    def now():
+        from datetime import datetime, timedelta
+
+        return datetime.now() + timedelta(days=1)
+
+
 def test_cli_test_subcommand_reports_test_nll(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     main(["fit", *TINY])

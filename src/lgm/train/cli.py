@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -78,6 +79,19 @@ class FlowCLI(LightningCLI):
         parser.add_lightning_class_args(SampleGrid, "sample_grid")
         parser.add_lightning_class_args(TrainingTimeSnapshots, "snapshots")
 
+    def before_instantiate_classes(self) -> None:
+        """``fit --ckpt_path runs/lgm/<version>/checkpoints/<file>`` resumes into that run's folder, so
+        that a run's logs, checkpoints and snapshots stay in one place across interruptions."""
+        if self.config.get("subcommand") != "fit":
+            return
+        config = self.config["fit"]
+        loggers = config["trainer"].get("logger")
+        loggers = loggers if isinstance(loggers, list) else [loggers]
+        version = resumed_run_version(config.get("ckpt_path"), [lg.init_args for lg in loggers if hasattr(lg, "init_args")])
+        for logger in loggers:
+            if version and hasattr(logger, "init_args") and logger.init_args.get("version") == os.environ.get("LGM_RUN_VERSION"):
+                logger.init_args.version = version
+
     def _parse_ckpt_path(self) -> None:
         """Check a ``--ckpt_path`` file before anything reads it. (Lightning's version of this hook reads
         hyperparameters saved in the checkpoint into the config; FlowModule saves none, see its notes.)"""
@@ -105,6 +119,20 @@ def main(args: list[str] | None = None) -> None:
         run_cli(args)
     except (TrainingDiverged, CheckpointError, FileNotFoundError) as error:
         sys.exit(f"lgm-flow: {error}")
+
+
+def resumed_run_version(ckpt_path: str | None, logger_args: list) -> str | None:
+    """The run folder name ``<version>`` when ``ckpt_path`` is ``<save_dir>/<name>/<version>/checkpoints/<file>``
+    of the loggers (all of them), else None (a new run folder)."""
+    if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry") or not logger_args:
+        return None
+    ckpt = Path(ckpt_path).resolve()
+    if ckpt.parent.name != "checkpoints":
+        return None
+    run = ckpt.parent.parent
+    if all(run.parent == (Path(args.get("save_dir") or ".") / (args.get("name") or "")).resolve() for args in logger_args):
+        return run.name
+    return None
 
 
 @contextmanager
