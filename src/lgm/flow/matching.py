@@ -50,8 +50,10 @@ class FlowMatching(Flow):
         widths: the velocity U-Net's channels per resolution, finest first (images).
         embed: width of the time (and class) embedding.
         n_classes: number of classes for a class-conditional model, else ``None``.
-        n_bits, data_range, logit_alpha, pad_to: image preprocessing, as for `lgm.flow.Glow`
-            (``n_bits=None`` for continuous data).
+        n_bits, data_range, logit_alpha, normalize, pad_to: image preprocessing, as for `lgm.flow.Glow`
+            (``n_bits=None`` for continuous data). ``normalize="global"`` or ``"per_pixel"`` scales the
+            data to unit variance (set from the first batch), the scale of the Gaussian source; its
+            log-determinant enters bits/dim like every preprocessing step's.
         coupling: ``"independent"`` noise-data pairs, or ``"ot"``: each batch's pairs re-matched by an
             exact assignment minimising the total squared distance (minibatch optimal transport).
         solver, steps: the ODE solver (see `lgm.flow.ode`) and its number of steps, for sampling and
@@ -76,6 +78,7 @@ class FlowMatching(Flow):
         n_bits: int | None = None,
         data_range: str = "centered",
         logit_alpha: float | None = None,
+        normalize: str | None = None,
         pad_to: int | None = None,
         coupling: str = "independent",
         solver: str = "rk4",
@@ -96,13 +99,13 @@ class FlowMatching(Flow):
         if probes < 1:
             raise ValueError(f"probes must be at least 1, got {probes}")
         if n_bits is None:
-            if logit_alpha is not None or pad_to is not None or len(shape) != 1:
+            if logit_alpha is not None or normalize is not None or pad_to is not None or len(shape) != 1:
                 raise ValueError("continuous data are vectors (shape=D) with no preprocessing; set n_bits for images")
             preprocess, model_shape = [], shape
         else:
             if len(shape) != 3:
                 raise ValueError(f"images need shape (C, H, W), got {shape}")
-            preprocess, model_shape = make_preprocessing(shape, n_bits, data_range, logit_alpha, None, pad_to)
+            preprocess, model_shape = make_preprocessing(shape, n_bits, data_range, logit_alpha, normalize, pad_to)
         super().__init__(Compose(*preprocess), StandardGaussian(model_shape), shape, n_bits=n_bits)
         self.model_shape = model_shape
         if len(model_shape) == 1:
@@ -118,7 +121,7 @@ class FlowMatching(Flow):
         self.init_args = {
             "shape": list(shape), "hidden": hidden, "depth": depth, "widths": list(widths), "embed": embed,
             "n_classes": n_classes, "n_bits": n_bits, "data_range": data_range, "logit_alpha": logit_alpha,
-            "pad_to": pad_to, "coupling": coupling, "solver": solver, "steps": steps,
+            "normalize": normalize, "pad_to": pad_to, "coupling": coupling, "solver": solver, "steps": steps,
             "likelihood_solver": likelihood_solver, "likelihood_steps": likelihood_steps, "divergence": divergence,
             "probes": probes, "rtol": rtol, "atol": atol,
         }
