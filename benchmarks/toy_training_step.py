@@ -12,7 +12,6 @@ batch of banana points of the recipe's batch size: objective, backward, and the 
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ import yaml
 
 from benchmarks.common import interleaved_rates, machine_line, markdown_table, n_parameters
 from lgm.data import toy
+from lgm.flow.io import build_flow
 from lgm.train.optim import make_optimizer
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -29,10 +29,7 @@ RECIPES = ("nice_banana", "realnvp_banana", "glow_banana", "fm_banana")
 def build(recipe: str) -> tuple[torch.nn.Module, float, int]:
     """The recipe's flow, its learning rate and its batch size."""
     config = yaml.safe_load((CONFIGS / f"{recipe}.yaml").read_text())
-    spec = config["model"]["flow"]
-    module_name, _, class_name = spec["class_path"].rpartition(".")
-    flow = getattr(importlib.import_module(module_name), class_name)(**spec["init_args"])
-    return flow, config["model"].get("lr", 1e-3), config["data"]["init_args"]["batch_size"]
+    return build_flow(config["model"]["flow"]), config["model"].get("lr", 1e-3), config["data"]["init_args"]["batch_size"]
 
 
 def training_call(recipe: str):

@@ -142,7 +142,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> F
         )
     if spec.get("format") != FORMAT_VERSION:
         raise CheckpointError(f"{str(path)!r} has lgm-flow format {spec.get('format')!r}; this version reads format {FORMAT_VERSION}")
-    flow = _build(spec)
+    flow = build_flow(spec)
     state = {k[len(STATE_PREFIX) :]: v for k, v in payload["state_dict"].items() if k.startswith(STATE_PREFIX)}
     try:
         flow.load_state_dict(state)
@@ -154,7 +154,8 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> F
     return flow.to(map_location).eval()
 
 
-def _build(spec: dict) -> Flow:
+def build_flow(spec: dict) -> Flow:
+    """A new flow from ``{"class_path": "lgm.flow.Glow", "init_args": {...}}`` (a checkpoint's or a config's)."""
     module_name, _, class_name = spec["class_path"].rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)

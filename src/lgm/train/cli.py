@@ -27,6 +27,7 @@ from lgm.train.module import FlowModule
 from lgm.train.sample import sample_main
 
 DEFAULT_FLOW = {"class_path": "lgm.flow.NiceFlow", "init_args": {"shape": [2], "prior": "gaussian"}}
+LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values that name no file
 DEFAULT_DATA = {"class_path": "lgm.data.ToyDataModule", "init_args": {"name": "banana"}}
 
 
@@ -81,22 +82,22 @@ class FlowCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """``fit --ckpt_path runs/lgm/<version>/checkpoints/<file>`` resumes into that run's folder, so
-        that a run's logs, checkpoints and snapshots stay in one place across interruptions."""
+        that a run's logs, checkpoints and snapshots stay in one place across interruptions. A version
+        set on the command line or in a config (not the fresh default) is left alone."""
         if self.config.get("subcommand") != "fit":
             return
-        config = self.config["fit"]
-        loggers = config["trainer"].get("logger")
-        loggers = loggers if isinstance(loggers, list) else [loggers]
-        version = resumed_run_version(config.get("ckpt_path"), [lg.init_args for lg in loggers if hasattr(lg, "init_args")])
-        for logger in loggers:
-            if version and hasattr(logger, "init_args") and logger.init_args.get("version") == os.environ.get("LGM_RUN_VERSION"):
-                logger.init_args.version = version
+        loggers = self.config.fit.trainer.get("logger")
+        logger_args = [lg.init_args for lg in (loggers if isinstance(loggers, list) else [loggers]) if hasattr(lg, "init_args")]
+        version = resumed_run_version(self.config.fit.get("ckpt_path"), logger_args)
+        for args in logger_args if version else []:
+            if args.get("version") == os.environ.get("LGM_RUN_VERSION"):
+                args.version = version
 
     def _parse_ckpt_path(self) -> None:
         """Check a ``--ckpt_path`` file before anything reads it. (Lightning's version of this hook reads
         hyperparameters saved in the checkpoint into the config; FlowModule saves none, see its notes.)"""
         ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
-        if ckpt_path and ckpt_path not in ("last", "best", "hpc", "registry"):
+        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_KEYWORDS:
             check_readable(ckpt_path)
 
 
@@ -124,7 +125,7 @@ def main(args: list[str] | None = None) -> None:
 def resumed_run_version(ckpt_path: str | None, logger_args: list) -> str | None:
     """The run folder name ``<version>`` when ``ckpt_path`` is ``<save_dir>/<name>/<version>/checkpoints/<file>``
     of the loggers (all of them), else None (a new run folder)."""
-    if not ckpt_path or ckpt_path in ("last", "best", "hpc", "registry") or not logger_args:
+    if not ckpt_path or ckpt_path in LIGHTNING_CKPT_KEYWORDS or not logger_args:
         return None
     ckpt = Path(ckpt_path).resolve()
     if ckpt.parent.name != "checkpoints":
