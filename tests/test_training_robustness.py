@@ -307,34 +307,44 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     assert int(torch.load(path, weights_only=True)["step"]) == 1 and list(tmp_path.iterdir()) == [path]
 
 
-# -- exact resume after SIGKILL (subprocesses) ----------------------------------------------------------
+# -- exact resume after SIGKILL or SIGTERM (subprocesses) ------------------------------------------------
 
 
-def run_cli(args: list[str], cwd: Path, expect_kill: bool = False) -> None:
+def run_cli(args: list[str], cwd: Path, returncode: int = 0) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run([sys.executable, "-m", "lgm.train.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    if expect_kill:
-        assert result.returncode == -9, result.stderr[-3000:]
-    else:
-        assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == returncode, result.stderr[-3000:]
+    return result
 
 
-def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path):
-    """13 steps per epoch, checkpoints every 5 steps; killed (SIGKILL) after step 18, resumed from step 15."""
-    (tmp_path / "full").mkdir()
-    (tmp_path / "cut").mkdir()
-    run_cli(["fit", *IMAGE_RUN], tmp_path / "full")
-    killer = json.dumps({"class_path": "training_probes.KillAtStep", "init_args": {"step": 18}})
-    run_cli(["fit", *IMAGE_RUN, f"--trainer.callbacks+={killer}"], tmp_path / "cut", expect_kill=True)
-    (run,) = (tmp_path / "cut" / "runs" / "lgm").iterdir()
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory) -> Path:
+    """The run folder of ``IMAGE_RUN`` trained without interruption (2 epochs of 13 steps)."""
+    cwd = tmp_path_factory.mktemp("full")
+    run_cli(["fit", *IMAGE_RUN], cwd)
+    (run,) = (cwd / "runs" / "lgm").iterdir()
+    return run
+
+
+def interrupt_and_resume(cwd: Path, signal: str, step: int, returncode: int) -> tuple[Path, int, str]:
+    """Run ``IMAGE_RUN``, send it ``signal`` after ``step``, then resume from ``last.ckpt``.
+
+    Returns the run folder, the step ``last.ckpt`` held after the interruption, and the stopped run's stderr.
+    """
+    stopper = json.dumps({"class_path": "training_probes.SignalAtStep", "init_args": {"step": step, "signal": signal}})
+    stopped = run_cli(["fit", *IMAGE_RUN, f"--trainer.callbacks+={stopper}"], cwd, returncode)
+    (run,) = (cwd / "runs" / "lgm").iterdir()
     last = run / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 15
-    resume = ["fit", "--config", str(run / "config.yaml"), "--trainer.callbacks", "[]", "--ckpt_path", str(last)]  # no killer
-    run_cli(resume, tmp_path / "cut")
+    saved_step = torch.load(last, weights_only=True)["global_step"]
+    resume = ["fit", "--config", str(run / "config.yaml"), "--trainer.callbacks", "[]", "--ckpt_path", str(last)]
+    run_cli(resume, cwd)  # without the signal
+    return run, saved_step, stopped.stderr
 
-    (full_run,) = (tmp_path / "full" / "runs" / "lgm").iterdir()
+
+def assert_same_training(full_run: Path, run: Path) -> None:
+    """The two runs end with the same weights (EMA and raw), optimiser moments, schedule and validation."""
     a = torch.load(full_run / "checkpoints" / "last.ckpt", weights_only=True)
-    b = torch.load(last, weights_only=True)
+    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert a["global_step"] == b["global_step"] == 26
     for key in ("state_dict", "current_model_state"):  # the EMA and the raw weights
         assert a[key].keys() == b[key].keys()
@@ -346,6 +356,21 @@ def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path):
     assert a["lr_schedulers"] == b["lr_schedulers"]
     val_a, val_b = (final_metric(r / "metrics.csv", "val/bpd") for r in (full_run, run))
     assert val_a == pytest.approx(val_b, abs=1e-5)
+
+
+def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path, uninterrupted_run):
+    """13 steps per epoch, checkpoints every 5 steps; killed (SIGKILL) after step 18, resumed from step 15."""
+    run, saved_step, _ = interrupt_and_resume(tmp_path, "SIGKILL", 18, returncode=-9)
+    assert saved_step == 15
+    assert_same_training(uninterrupted_run, run)
+
+
+def test_a_run_stopped_by_sigterm_saves_its_step_exits_143_and_resumes_exactly(tmp_path, uninterrupted_run):
+    """SIGTERM after step 18: ``last.ckpt`` holds step 18 (not the periodic 15), and the exit status says stopped."""
+    run, saved_step, stderr = interrupt_and_resume(tmp_path, "SIGTERM", 18, returncode=143)
+    assert saved_step == 18
+    assert "stopped by SIGTERM after step 18" in stderr
+    assert_same_training(uninterrupted_run, run)
 
 
 def final_metric(path: Path, name: str) -> float:

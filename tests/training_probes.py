@@ -11,15 +11,16 @@ import lightning as L
 import torch
 
 
-class KillAtStep(L.Callback):
-    """SIGKILL the process right after optimiser step ``step``: no clean-up, no final checkpoint."""
+class SignalAtStep(L.Callback):
+    """Send the process ``signal`` (``"SIGKILL"``: no clean-up at all; ``"SIGTERM"``: what ``kill PID``
+    sends) right after optimiser step ``step``."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, signal: str) -> None:
+        self.step, self.signal = step, signal
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), getattr(signal, self.signal))
 
 
 class SaveRankState(L.Callback):

@@ -1,14 +1,16 @@
-"""Callbacks that write what a person looks at after training."""
+"""Callbacks that write what a person looks at after training, and the checkpoints a run leaves behind."""
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from torchvision.utils import save_image
 
@@ -181,3 +183,23 @@ class TrainingTimeSnapshots(L.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self._before = state_dict["elapsed_s"]
         self.saved = list(state_dict["saved"])
+
+
+class CheckpointOnSigterm(L.Callback):
+    """Save ``last.ckpt`` when the run is stopped by SIGTERM (``kill``, a scheduler's pre-emption).
+
+    Lightning finishes the training batch in progress, then raises `SIGTERMException`; this callback
+    writes the run's ``last.ckpt`` at that point, so ``--ckpt_path .../last.ckpt`` resumes exactly
+    where the run stopped rather than at the last periodic checkpoint. A signal that arrives during
+    validation leaves ``last.ckpt`` as it was (a half-done validation is not a state to resume from).
+    `lgm.train.cli.main` then exits with status 143 (128 + SIGTERM), not 0, so a script can tell
+    a stopped run from a finished one. Every rank calls the (collective) save under DDP.
+    """
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or not trainer.training or trainer.checkpoint_callback is None:
+            return
+        path = Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            print(f"lgm-flow: stopped by SIGTERM after step {trainer.global_step}; saved {path}", file=sys.stderr)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,9 +19,10 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lgm.flow.io import CheckpointError, check_readable
-from lgm.train.callbacks import SampleGrid, ToyDiagnostics, TrainingTimeSnapshots
+from lgm.train.callbacks import CheckpointOnSigterm, SampleGrid, ToyDiagnostics, TrainingTimeSnapshots
 from lgm.train.ema import FlowEMA
 from lgm.train.guard import TrainingDiverged
 from lgm.train.module import FlowModule
@@ -52,7 +54,8 @@ def default_trainer(run_version: str) -> dict:
 
 
 class FlowCLI(LightningCLI):
-    """Adds what every run gets: checkpoints (last, and best by ``val/loss``), 2-D diagnostics, sample grids."""
+    """Adds what every run gets: checkpoints (last, on SIGTERM too, and best by ``val/loss``), 2-D
+    diagnostics, sample grids."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Two checkpoint callbacks share `last.ckpt` (no version counter, so both overwrite the one file):
@@ -79,6 +82,7 @@ class FlowCLI(LightningCLI):
         parser.add_lightning_class_args(ToyDiagnostics, "toy_diagnostics")
         parser.add_lightning_class_args(SampleGrid, "sample_grid")
         parser.add_lightning_class_args(TrainingTimeSnapshots, "snapshots")
+        parser.add_lightning_class_args(CheckpointOnSigterm, "sigterm_checkpoint")
 
     def before_instantiate_classes(self) -> None:
         """``fit --ckpt_path runs/lgm/<version>/checkpoints/<file>`` resumes into that run's folder, so
@@ -120,6 +124,9 @@ def main(args: list[str] | None = None) -> None:
         run_cli(args)
     except (TrainingDiverged, CheckpointError, FileNotFoundError) as error:
         sys.exit(f"lgm-flow: {error}")
+    except SIGTERMException:
+        # Lightning's exception is a SystemExit with status 0; a stopped run must not look finished.
+        sys.exit(128 + signal.SIGTERM)
 
 
 def resumed_run_version(ckpt_path: str | None, logger_args: list) -> str | None:
