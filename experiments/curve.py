@@ -8,8 +8,9 @@ A run's snapshots are its ``checkpoints/snapshot-<M>min.ckpt`` (written by ``--s
 Each is scored by `lgm.evaluate.report.evaluate` against the test set (bits/dim; the classifier and
 Inception protocols at ``--n-samples`` / ``--inception-n``) at the temperature among 0.6, 0.7, 0.8,
 0.9, 1.0 that scores the lowest FID on the validation split. Reports go to
-``OUT/<run folder name>/<M>min.json``; a report already there is kept, so rerunning after an
-interruption resumes. The table has one row per run and mark, then each mark's mean and standard
+``OUT/<run folder name>/<M>min.json``; a report already there is kept, and a snapshot whose scoring
+was interrupted reuses the stages it finished (`lgm.evaluate.report.FinishedStages`), so rerunning
+after an interruption resumes. The table has one row per run and mark, then each mark's mean and standard
 deviation over the runs.
 """
 

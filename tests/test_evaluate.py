@@ -396,3 +396,47 @@ def test_temperature_selection_errors_name_the_fix(tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["evaluate", *args, *common])
         assert message in capsys.readouterr().err
+
+
+def test_an_interrupted_evaluation_resumes_from_its_finished_stages(tmp_path, monkeypatch):
+    from lgm.evaluate import report as report_module
+    from lgm.evaluate.report import EvalSettings, evaluate
+
+    data = fake_data(tmp_path, n_train=400)
+    weights = tmp_path / "classifier.pt"
+    save_classifier(classifier_for("fashion_mnist"), weights)
+    ckpt = tiny_models(data, tmp_path)["glow"]
+    settings = EvalSettings(data="fashion_mnist", metrics=("bpd", "fid"), n_samples=20, data_dir=str(data), figures=False,
+                            classifier_weights=str(weights), select_temperatures=(0.5, 1.0), select_n=30,
+                            select_protocol="classifier", bpd_images=20)
+    whole = evaluate(tmp_path / "whole.json", settings, ckpt=ckpt)
+
+    out = tmp_path / "resumed.json"
+    partial = tmp_path / "resumed.json.partial"
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(report_module, "_protocol_metrics", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(out, settings, ckpt=ckpt)
+    assert not out.exists() and set(json.loads(partial.read_text())["stages"]) == {"temperature_selection", "bpd"}
+
+    def recomputed(*args):
+        raise AssertionError("a finished stage was computed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(report_module, "select_temperature", recomputed)
+        m.setattr(report_module, "_bits_per_dim", recomputed)
+        resumed = evaluate(out, settings, ckpt=ckpt)
+    assert resumed["temperature_selection"] == json.loads(json.dumps(whole["temperature_selection"]))
+    assert resumed["metrics"] == json.loads(json.dumps(whole["metrics"]))
+    assert not partial.exists()
+
+    # Stages of other settings, or a damaged file, are not reused.
+    partial.write_text(json.dumps({"identity": {"settings": "other"}, "stages": {"bpd": {"value": -1.0}}}))
+    assert evaluate(out, settings, ckpt=ckpt)["metrics"]["bpd"] == whole["metrics"]["bpd"]
+    for damaged in ('{"identity": ', "[]"):
+        partial.write_text(damaged)
+        assert evaluate(out, settings, ckpt=ckpt)["metrics"]["bpd"] == whole["metrics"]["bpd"]

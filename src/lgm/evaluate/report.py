@@ -2,7 +2,9 @@
 
 `evaluate` draws the images to score (samples of a flow at one temperature, or a baseline set),
 computes the metrics asked for in each feature protocol against a cached real reference set of
-the same size, and for flows also bits/dim, likelihood diagnostics and figures.
+the same size, and for flows also bits/dim, likelihood diagnostics and figures. The long stages that
+finish (the temperature selection, bits/dim) are kept in ``<out>.partial`` until the report is
+written, so rerunning the same evaluation after an interruption starts where it stopped.
 
 Metric names: ``bpd`` (test bits/dim); classifier protocol ``fid``, ``kid``, ``is``, ``pr``;
 Inception protocol ``inception_fid``, ``inception_kid``, ``inception_pr`` (on ``inception_n`` images).
@@ -128,8 +130,9 @@ def evaluate(out: str | Path, settings: EvalSettings, ckpt: str | Path | None = 
         "inception": [m for m in QUALITY_METRICS if f"inception_{m}" in settings.metrics],
     }
     protocols = {name: get_protocol(name, settings.data, settings.classifier_weights) for name, wanted in requested.items() if wanted}
+    stages = FinishedStages(out, {"data": report["data"], "model": report["model"], "settings": asdict(settings)})
     if flow is not None and settings.select_temperatures:
-        selection = select_temperature(flow, settings)
+        selection = stages.run("temperature_selection", lambda: select_temperature(flow, settings))
         report["temperature_selection"] = selection
         settings = replace(settings, temperature=selection["chosen"])
     report["settings"] = {k: v for k, v in asdict(settings).items() if k not in ("data", "data_dir")}
@@ -140,7 +143,7 @@ def evaluate(out: str | Path, settings: EvalSettings, ckpt: str | Path | None = 
         samples_of = _baseline_images(baseline, settings, arrays.x_train)
     metrics: dict = {}
     if "bpd" in settings.metrics:
-        metrics["bpd"] = _bits_per_dim(flow, arrays, settings, baseline)
+        metrics["bpd"] = stages.run("bpd", lambda: _bits_per_dim(flow, arrays, settings, baseline))
     for name, protocol in protocols.items():
         n = settings.n_samples if name == "classifier" else settings.inception_n
         metrics[name] = _protocol_metrics(settings, samples_of, protocol, requested[name], n)
@@ -149,7 +152,39 @@ def evaluate(out: str | Path, settings: EvalSettings, ckpt: str | Path | None = 
         report["diagnostics"], report["figures"] = _flow_figures(flow, arrays, settings, out)
     report["wall_time_s"] = round(time.time() - start, 1)
     atomic_write_text(_json(report), out)
+    stages.discard()
     return report
+
+
+class FinishedStages:
+    """The finished stages of one evaluation, kept as JSON in ``<out>.partial`` until its report is written.
+
+    ``identity`` (data, model with its checkpoint's hash, settings) must match the stored one for the
+    stages to be reused; a partial file of another evaluation, or an unreadable one, is ignored and
+    replaced. Every stage is seeded by the settings alone, so a resumed report equals an uninterrupted one.
+    """
+
+    def __init__(self, out: Path, identity: dict):
+        self.path = out.with_name(out.name + ".partial")
+        self.identity = json.loads(_json(identity))
+        self.done: dict = {}
+        try:
+            stored = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return
+        if isinstance(stored, dict) and stored.get("identity") == self.identity and isinstance(stored.get("stages"), dict):
+            self.done = stored["stages"]
+            print(f"resuming {out}: {', '.join(self.done)} already computed ({self.path})", flush=True)
+
+    def run(self, name: str, compute):
+        """The stored result of stage ``name``, or ``compute()``'s, stored before it is returned."""
+        if name not in self.done:
+            self.done[name] = json.loads(_json(compute()))
+            atomic_write_text(_json({"identity": self.identity, "stages": self.done}), self.path)
+        return self.done[name]
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def select_temperature(flow: Flow, settings: EvalSettings) -> dict:
