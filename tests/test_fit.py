@@ -30,6 +30,16 @@ def test_fit_flow_trains_saves_and_logs(tmp_path):
         result.final("val/bpd")
 
 
+def test_fit_flow_puts_its_run_under_default_root_dir(tmp_path):
+    root = tmp_path / "root"
+    result = fit_flow(NiceFlow(2, hidden=16, depth=2), small_data(), steps=5, progress=False,
+                      trainer_args={"default_root_dir": str(root)})
+    (run,) = (root / "lgm").iterdir()
+    assert result.checkpoint == run / "checkpoints" / "last.ckpt"
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]  # and no epoch=*-step=*.ckpt
+    assert (run / "metrics.csv").is_file() and [p.name for p in tmp_path.iterdir()] == ["root"]
+
+
 def seeded_flow():
     torch.manual_seed(0)
     return NiceFlow(2, hidden=16, depth=2)

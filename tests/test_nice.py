@@ -97,7 +97,7 @@ def test_bad_options_are_named(kwargs, message):
 
 
 def test_negative_temperature_is_refused():
-    with pytest.raises(ValueError, match="temperature must be non-negative"):
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
         NiceFlow.toy().sample(3, temperature=-0.5)
 
 

@@ -109,6 +109,34 @@ def test_resuming_from_a_runs_checkpoint_continues_in_its_folder(tmp_path, monke
     assert len(list((tmp_path / "runs" / "lgm").iterdir())) == 2
 
 
+def test_default_root_dir_holds_the_run_and_its_resume(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = ["--trainer.default_root_dir", "elsewhere"]
+    main(["fit", *TINY, *root])
+    (run,) = (tmp_path / "elsewhere" / "lgm").iterdir()
+    for name in ("config.yaml", "metrics.csv", "toy_report.json", "figures/density.png", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    assert [p.name for p in tmp_path.iterdir()] == ["elsewhere"]  # no runs/ or lightning_logs/ beside it
+    monkeypatch.setattr("lgm.train.cli.datetime", _LaterClock)
+    main(["fit", *TINY, *root, "--trainer.max_epochs", "2", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert list((tmp_path / "elsewhere" / "lgm").iterdir()) == [run]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * 2048 // 256
+    assert {p.name.split("-")[0] for p in (run / "checkpoints").iterdir()} == {"last.ckpt", "best"}
+
+
+def test_training_on_from_a_run_that_ended_mid_epoch_warns(tmp_path, monkeypatch, capsys):
+    """Lightning records a run stopped by max_steps inside an epoch as having finished the epoch: a longer
+    run resumed from it starts the next epoch, which the CLI says rather than diverging silently."""
+    monkeypatch.chdir(tmp_path)
+    main(["fit", *TINY, "--trainer.max_steps", "5"])  # 8 steps per epoch
+    last = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    capsys.readouterr()
+    main(["fit", *TINY, "--trainer.max_steps", "5", "--ckpt_path", str(last)])  # finished: trains nothing
+    assert "ended mid-epoch" not in capsys.readouterr().err
+    main(["fit", *TINY, "--trainer.max_steps", "7", "--ckpt_path", str(last)])
+    assert "lgm-flow: warning: " in capsys.readouterr().err
+
+
 class _LaterClock:
     """``datetime`` whose ``now()`` is a day later, so a new run folder would get a new name."""
 

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
+import re
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -25,8 +22,7 @@ from lgm.train.ema import ema_with_warmup
 from lgm.train.cli import main
 from lgm.train.optim import OPTIMIZERS, lr_factor, make_optimizer, parameter_groups
 
-TESTS = Path(__file__).parent
-
+from cli_runs import IMAGE_RUN, run_cli
 
 def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
     args = dict(
@@ -268,15 +264,6 @@ def test_compiled_networks_give_the_same_loss():
 
 # -- checkpoints on the command line --------------------------------------------------------------------
 
-IMAGE_RUN = [
-    "--data", "lgm.data.ImageDataModule", "--data.init_args.name", "digits", "--data.init_args.batch_size", "100",
-    "--model.flow", "lgm.flow.Glow", "--model.flow.init_args.shape", "[1, 8, 8]", "--model.flow.init_args.levels", "2",
-    "--model.flow.init_args.steps", "2", "--model.flow.init_args.hidden", "16", "--model.init_samples", "256",
-    "--model.lr", "3e-3", "--model.warmup_steps", "4", "--model.schedule", "cosine", "--data.init_args.hflip", "true",
-    "--ema.decay", "0.9", "--periodic_checkpoint.every_n_train_steps", "5", "--sample_grid.n", "4",
-    "--sample_grid.temperatures", "[0.7]", "--trainer.max_epochs", "2",
-    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-]
 
 
 def test_a_truncated_or_incompatible_checkpoint_is_refused_clearly(tmp_path, monkeypatch, capsys):
@@ -286,10 +273,14 @@ def test_a_truncated_or_incompatible_checkpoint_is_refused_clearly(tmp_path, mon
     last = run / "checkpoints" / "last.ckpt"
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes(last.read_bytes()[:5000])
-    with pytest.raises(SystemExit, match="not a complete PyTorch file"):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", *IMAGE_RUN, "--ckpt_path", str(cut)])
-    with pytest.raises(SystemExit, match=r"differs .* in \['hidden'\]"):
+    assert exit_info.value.code == 2 and "not a complete PyTorch file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
         main(["fit", *IMAGE_RUN, "--model.flow.init_args.hidden", "8", "--ckpt_path", str(last)])
+    assert exit_info.value.code == 2
+    assert re.search(r"differs .* in \['hidden'\]", capsys.readouterr().err.splitlines()[-1])
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
@@ -305,80 +296,6 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
         writer.save_checkpoint({"step": torch.tensor(2)}, path)
     monkeypatch.undo()
     assert int(torch.load(path, weights_only=True)["step"]) == 1 and list(tmp_path.iterdir()) == [path]
-
-
-# -- exact resume after SIGKILL or SIGTERM (subprocesses) ------------------------------------------------
-
-
-def run_cli(args: list[str], cwd: Path, returncode: int = 0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    result = subprocess.run([sys.executable, "-m", "lgm.train.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
-    assert result.returncode == returncode, result.stderr[-3000:]
-    return result
-
-
-@pytest.fixture(scope="module")
-def uninterrupted_run(tmp_path_factory) -> Path:
-    """The run folder of ``IMAGE_RUN`` trained without interruption (2 epochs of 13 steps)."""
-    cwd = tmp_path_factory.mktemp("full")
-    run_cli(["fit", *IMAGE_RUN], cwd)
-    (run,) = (cwd / "runs" / "lgm").iterdir()
-    return run
-
-
-def interrupt_and_resume(cwd: Path, signal: str, step: int, returncode: int) -> tuple[Path, int, str]:
-    """Run ``IMAGE_RUN``, send it ``signal`` after ``step``, then resume from ``last.ckpt``.
-
-    Returns the run folder, the step ``last.ckpt`` held after the interruption, and the stopped run's stderr.
-    """
-    stopper = json.dumps({"class_path": "training_probes.SignalAtStep", "init_args": {"step": step, "signal": signal}})
-    stopped = run_cli(["fit", *IMAGE_RUN, f"--trainer.callbacks+={stopper}"], cwd, returncode)
-    (run,) = (cwd / "runs" / "lgm").iterdir()
-    last = run / "checkpoints" / "last.ckpt"
-    saved_step = torch.load(last, weights_only=True)["global_step"]
-    resume = ["fit", "--config", str(run / "config.yaml"), "--trainer.callbacks", "[]", "--ckpt_path", str(last)]
-    run_cli(resume, cwd)  # without the signal
-    return run, saved_step, stopped.stderr
-
-
-def assert_same_training(full_run: Path, run: Path) -> None:
-    """The two runs end with the same weights (EMA and raw), optimiser moments, schedule and validation."""
-    a = torch.load(full_run / "checkpoints" / "last.ckpt", weights_only=True)
-    b = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
-    assert a["global_step"] == b["global_step"] == 26
-    for key in ("state_dict", "current_model_state"):  # the EMA and the raw weights
-        assert a[key].keys() == b[key].keys()
-        for name in a[key]:
-            assert torch.allclose(a[key][name].float(), b[key][name].float(), atol=1e-6), (key, name)
-    moments_a = [s["exp_avg"] for s in a["optimizer_states"][0]["state"].values()]
-    moments_b = [s["exp_avg"] for s in b["optimizer_states"][0]["state"].values()]
-    assert all(torch.allclose(x, y, atol=1e-7) for x, y in zip(moments_a, moments_b))
-    assert a["lr_schedulers"] == b["lr_schedulers"]
-    val_a, val_b = (final_metric(r / "metrics.csv", "val/bpd") for r in (full_run, run))
-    assert val_a == pytest.approx(val_b, abs=1e-5)
-
-
-def test_a_run_killed_mid_epoch_resumes_exactly(tmp_path, uninterrupted_run):
-    """13 steps per epoch, checkpoints every 5 steps; killed (SIGKILL) after step 18, resumed from step 15."""
-    run, saved_step, _ = interrupt_and_resume(tmp_path, "SIGKILL", 18, returncode=-9)
-    assert saved_step == 15
-    assert_same_training(uninterrupted_run, run)
-
-
-def test_a_run_stopped_by_sigterm_saves_its_step_exits_143_and_resumes_exactly(tmp_path, uninterrupted_run):
-    """SIGTERM after step 18: ``last.ckpt`` holds step 18 (not the periodic 15), and the exit status says stopped."""
-    run, saved_step, stderr = interrupt_and_resume(tmp_path, "SIGTERM", 18, returncode=143)
-    assert saved_step == 18
-    assert "stopped by SIGTERM after step 18" in stderr
-    assert_same_training(uninterrupted_run, run)
-
-
-def final_metric(path: Path, name: str) -> float:
-    import csv
-
-    with open(path) as f:
-        values = [row[name] for row in csv.DictReader(f) if row.get(name)]
-    return float(values[-1])
 
 
 # -- data parallelism on CPU (2 processes, gloo) -----------------------------------------------------

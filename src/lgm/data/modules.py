@@ -49,8 +49,7 @@ class InMemoryBatches:
     def __init__(self, *tensors: Tensor, batch_size: int, shuffle: bool, seed: int = 0, hflip: bool = False) -> None:
         if not tensors or any(len(t) != len(tensors[0]) for t in tensors):
             raise ValueError("InMemoryBatches needs one or more tensors with the same first dimension")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        check_batch_size(batch_size)
         self.tensors, self.batch_size, self.shuffle, self.seed, self.hflip = tensors, batch_size, shuffle, seed, hflip
         self.epoch = 0
         self._handed_out = 0  # batches of the current epoch already yielded
@@ -113,6 +112,11 @@ class InMemoryBatches:
         self.epoch, self._resume_at = state["epoch"], state["batches"]
 
 
+def check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+
 class ToyDataModule(L.LightningDataModule):
     """Samples of a 2-D toy density (see `lgm.data.toy`), generated in memory: no files, no download.
 
@@ -136,12 +140,17 @@ class ToyDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.density: ToyDensity = get_density(name)
+        check_batch_size(batch_size)
+        if min(n_train, n_val, n_test) < 1:
+            raise ValueError(f"n_train, n_val and n_test must be at least 1, got {n_train}, {n_val}, {n_test}")
         self.shape = (2,)
         self.n_train, self.n_val, self.n_test = n_train, n_val, n_test
         self.batch_size = batch_size
         self.seed = seed
 
     def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_data"):
+            return
         self.train_data = self.density.sample(self.n_train, seed=self.seed)
         self.val_data = self.density.sample(self.n_val, seed=self.seed + 1)
         self.test_data = self.density.sample(self.n_test, seed=self.seed + 2)
@@ -190,6 +199,7 @@ class ImageDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.info = get_dataset(name)
+        check_batch_size(batch_size)
         self.shape = self.info.shape
         self.n_classes = self.info.n_classes
         self.data_dir, self.download = data_dir, download

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lgm.data.images import get_dataset
+from lgm.flow.io import atomic_write_bytes
 
 SIZE = 32
 FEATURE_DIM = 256
@@ -114,8 +115,7 @@ def save_classifier(model: Classifier, path, half: bool = True) -> str:
     buffer = io.BytesIO()
     torch.save({"in_channels": model.in_channels, "n_classes": model.n_classes, "width": model.width, "state": state}, buffer)
     data = buffer.getvalue()
-    with open(path, "wb") as f:
-        f.write(data)
+    atomic_write_bytes(data, path)
     return hashlib.sha256(data).hexdigest()
 
 

@@ -13,6 +13,7 @@ import json
 from lgm.data.images import load_images
 from lgm.evaluate.classifier import classifier_for, load_classifier, save_classifier
 from lgm.evaluate.classifier_fit import accuracy, fit_classifier
+from lgm.flow.io import check_writable
 
 
 def classifier_main(argv: list[str]) -> dict:
@@ -32,7 +33,11 @@ def classifier_main(argv: list[str]) -> dict:
     test.add_argument("--weights", help="a file written by `classifier fit` (default: the shipped one)")
     test.add_argument("--n", type=int, help="test on the first N test images only")
     args = parser.parse_args(argv)
-
+    if args.command == "fit":
+        try:
+            check_writable(args.out)  # before training
+        except OSError as e:
+            parser.error(str(e))
     try:
         arrays = load_images(args.data, args.data_dir)
         if args.command == "fit":

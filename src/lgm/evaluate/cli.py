@@ -7,6 +7,7 @@ import argparse
 
 from lgm.evaluate.features import SPLITS
 from lgm.evaluate.report import BASELINES, METRICS, EvalSettings, evaluate
+from lgm.flow.io import check_writable
 from lgm.flow.ode import SOLVERS
 
 
@@ -44,6 +45,10 @@ def evaluate_main(argv: list[str]) -> dict:
     parser.add_argument("--no-figures", action="store_true", help="metrics only")
     parser.add_argument("--out", default="report.json", help="JSON report; figures are written beside it (default report.json)")
     args = parser.parse_args(argv)
+    try:
+        check_writable(args.out)  # before the evaluation, which may take hours
+    except OSError as e:
+        parser.error(str(e))
     if args.temperature is not None and args.select_temperature:
         parser.error("give either --temperature or --select-temperature, not both")
     try:

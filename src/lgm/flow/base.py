@@ -11,6 +11,7 @@ Conventions used by every transform in `lgm.flow`:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -257,8 +258,10 @@ class Flow(nn.Module):
         convolutions reuse their cached inverses) and returns an ordinary tensor without a graph;
         for gradients through sampling, ``decode`` prior samples instead.
         """
-        if temperature < 0:
-            raise ValueError(f"temperature must be non-negative, got {temperature}")
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+            raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
+        if not (temperature >= 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         self.check_labels(labels, n)
         with torch.inference_mode():
             x = self._as_data(self._draw(n, temperature, labels))

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -17,12 +18,13 @@ from datetime import datetime
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lgm.flow.io import CheckpointError, check_readable
-from lgm.train.callbacks import CheckpointOnSigterm, SampleGrid, ToyDiagnostics, TrainingTimeSnapshots
+from lgm.train.callbacks import CheckpointOnSigterm, RunCheckpoint, SampleGrid, ToyDiagnostics, TrainingTimeSnapshots
 from lgm.train.ema import FlowEMA
 from lgm.train.guard import TrainingDiverged
 from lgm.train.module import FlowModule
@@ -30,19 +32,21 @@ from lgm.train.sample import sample_main
 
 DEFAULT_FLOW = {"class_path": "lgm.flow.NiceFlow", "init_args": {"shape": [2], "prior": "gaussian"}}
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values that name no file
+DEFAULT_ROOT_DIR = "runs"
 DEFAULT_DATA = {"class_path": "lgm.data.ToyDataModule", "init_args": {"name": "banana"}}
 
 
 def default_trainer(run_version: str) -> dict:
-    """Trainer defaults: CSV and TensorBoard logs in one folder, ``runs/lgm/<run_version>/``.
+    """Trainer defaults: CSV and TensorBoard logs in one folder, ``runs/lgm/<run_version>/`` (``runs``
+    being ``--trainer.default_root_dir``'s default).
 
     Both loggers get the same explicit version; left to themselves they would each pick the next
     free number and write into two different folders.
     """
-    logger_args = {"save_dir": "runs", "name": "lgm", "version": run_version}
+    logger_args = {"save_dir": DEFAULT_ROOT_DIR, "name": "lgm", "version": run_version}
     return {
         "max_epochs": 40,
-        "default_root_dir": "runs",
+        "default_root_dir": DEFAULT_ROOT_DIR,
         # `lgm.data.InMemoryBatches` shards batches across ranks itself, and resumes mid-epoch.
         "use_distributed_sampler": False,
         "plugins": [{"class_path": "lgm.train.checkpoint_io.AtomicCheckpointIO"}],
@@ -60,9 +64,16 @@ class FlowCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Two checkpoint callbacks share `last.ckpt` (no version counter, so both overwrite the one file):
         # `checkpoint` after every validation (and the best by val/loss), `periodic_checkpoint` every N
-        # steps within epochs. Lightning writes each file atomically.
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(ModelCheckpoint, "periodic_checkpoint")
+        # steps within epochs; when training ends, `last.ckpt` holds the final step (see `RunCheckpoint`).
+        # Lightning writes each file atomically.
+        #
+        # Both save after validation, never in `on_train_epoch_end` (Lightning's default when validation
+        # runs once per epoch). A checkpoint from the end of an epoch resumes one epoch off when training
+        # stops by max_steps: Lightning then restarts every resume as an interrupted epoch and runs that
+        # epoch's end a second time, so the data loaders are given the epoch after the right one. After
+        # validation the epoch's end is still to come, which is the state Lightning's restart expects.
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "periodic_checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/loss",
@@ -70,10 +81,12 @@ class FlowCLI(LightningCLI):
                 "checkpoint.filename": "best-epoch{epoch}-step{step}",
                 "checkpoint.auto_insert_metric_name": False,
                 "checkpoint.enable_version_counter": False,
+                "checkpoint.save_on_train_epoch_end": False,
                 "periodic_checkpoint.every_n_train_steps": 500,
                 "periodic_checkpoint.save_top_k": 0,
                 "periodic_checkpoint.save_last": True,
                 "periodic_checkpoint.enable_version_counter": False,
+                "periodic_checkpoint.save_on_train_epoch_end": False,
                 "model.flow": DEFAULT_FLOW,
                 "data": DEFAULT_DATA,
             }
@@ -84,15 +97,41 @@ class FlowCLI(LightningCLI):
         parser.add_lightning_class_args(TrainingTimeSnapshots, "snapshots")
         parser.add_lightning_class_args(CheckpointOnSigterm, "sigterm_checkpoint")
 
+    # Bad data, or data that does not fit the model, is refused before the run folder and its
+    # config.yaml are written (Lightning's own call of `setup` then has nothing left to do).
+    def before_fit(self) -> None:
+        self._check_data("fit")
+
+    def before_validate(self) -> None:
+        self._check_data("validate")
+
+    def before_test(self) -> None:
+        self._check_data("test")
+
+    def _check_data(self, stage: str) -> None:
+        self.model.check_data(self.datamodule)
+        self.datamodule.setup(stage)
+
     def before_instantiate_classes(self) -> None:
-        """``fit --ckpt_path runs/lgm/<version>/checkpoints/<file>`` resumes into that run's folder, so
-        that a run's logs, checkpoints and snapshots stay in one place across interruptions. A version
-        set on the command line or in a config (not the fresh default) is left alone."""
-        if self.config.get("subcommand") != "fit":
+        """Put the run where the user asked, and keep a resumed run in its folder.
+
+        The loggers write into ``<trainer.default_root_dir>/lgm/<version>/`` (checkpoints go into its
+        ``checkpoints/``), unless a logger's ``save_dir`` was set. ``fit --ckpt_path
+        <root>/lgm/<version>/checkpoints/<file>`` resumes into that run's folder, so that a run's logs,
+        checkpoints and snapshots stay in one place across interruptions. A version set on the command
+        line or in a config (not the fresh default) is left alone."""
+        config = self.config.get(self.config.get("subcommand") or "", None)
+        if config is None:
             return
-        loggers = self.config.fit.trainer.get("logger")
+        loggers = config.trainer.get("logger")
         logger_args = [lg.init_args for lg in (loggers if isinstance(loggers, list) else [loggers]) if hasattr(lg, "init_args")]
-        version = resumed_run_version(self.config.fit.get("ckpt_path"), logger_args)
+        root = config.trainer.get("default_root_dir")
+        for args in logger_args:
+            if root and args.get("save_dir") == DEFAULT_ROOT_DIR:
+                args.save_dir = str(root)
+        if self.config.subcommand != "fit":
+            return
+        version = resumed_run_version(config.get("ckpt_path"), logger_args)
         for args in logger_args if version else []:
             if args.get("version") == os.environ.get("LGM_RUN_VERSION"):
                 args.version = version
@@ -102,31 +141,112 @@ class FlowCLI(LightningCLI):
         hyperparameters saved in the checkpoint into the config; FlowModule saves none, see its notes.)"""
         ckpt_path = self.config[self.config.subcommand].get("ckpt_path") if self.config.get("subcommand") else None
         if ckpt_path and ckpt_path not in LIGHTNING_CKPT_KEYWORDS:
-            check_readable(ckpt_path)
+            checkpoint = check_training_checkpoint(ckpt_path)
+            max_steps = self.config[self.config.subcommand].trainer.get("max_steps", -1)
+            trains_on = max_steps in (-1, None) or max_steps > checkpoint["global_step"]
+            if self.config.subcommand == "fit" and ended_mid_epoch(checkpoint) and trains_on:
+                print(
+                    f"lgm-flow: warning: {ckpt_path!r} was written when training ended mid-epoch (by max_steps or "
+                    "max_time), a state Lightning records as a finished epoch: training on from it starts the next "
+                    "epoch, so it will not match a run that trained this long in one go",
+                    file=sys.stderr,
+                )
+
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "sample", "evaluate", "classifier")
+DEBUG_ENV = "LGM_DEBUG"  # set to 1 for the full traceback of an error (as --debug does)
 
 
 def main(args: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if args is None else args
-    if argv[:1] == ["sample"]:
-        sample_main(argv[1:])
-        return
-    if argv[:1] == ["evaluate"]:
-        from lgm.evaluate.cli import evaluate_main
-
-        evaluate_main(argv[1:])
-        return
-    if argv[:1] == ["classifier"]:
-        from lgm.evaluate.classifier_cli import classifier_main
-
-        classifier_main(argv[1:])
-        return
+    """Run ``lgm-flow``. A user error (bad value, missing or foreign file, unwritable path) ends in one
+    line on stderr and exit status 2; a run that diverged in one line and status 1; a run stopped by
+    SIGTERM with status 143. ``--debug`` (anywhere) or ``LGM_DEBUG=1`` shows the traceback instead."""
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     try:
-        run_cli(args)
-    except (TrainingDiverged, CheckpointError, FileNotFoundError) as error:
-        sys.exit(f"lgm-flow: {error}")
+        run_subcommand(argv)
     except SIGTERMException:
         # Lightning's exception is a SystemExit with status 0; a stopped run must not look finished.
         sys.exit(128 + signal.SIGTERM)
+    except TrainingDiverged as error:
+        fail(error, status=1, debug=debug)
+    except argparse.ArgumentError as error:  # a bad option or config value
+        subcommand = f" {argv[0]}" if argv and argv[0] in SUBCOMMANDS else ""
+        fail(error, status=2, debug=debug, hint=f"see `lgm-flow{subcommand} --help`")
+    except (ValueError, OSError, ModuleNotFoundError, MisconfigurationException) as error:  # CheckpointError is a ValueError
+        fail(error, status=2, debug=debug)
+
+
+def fail(error: BaseException, status: int, debug: bool, hint: str = "") -> None:
+    """Exit with ``status`` after one line naming ``error`` and ``hint`` (or re-raise it for its
+    traceback, when ``debug``)."""
+    if debug:
+        raise error
+    print(f"lgm-flow: error: {describe(error)}{'; ' + hint if hint else ''}", file=sys.stderr)
+    sys.exit(status)
+
+
+def describe(error: BaseException) -> str:
+    """``error`` as one line. Errors of the operating system get the path and a hint; the messages of
+    lgm's own errors already name the fix."""
+    if isinstance(error, OSError) and error.filename is not None:
+        text = f"{error.strerror or error}: {str(error.filename)!r}; check the path and its permissions"
+    else:
+        text = str(error) or type(error).__name__
+    text = " ".join(text.split())
+    # jsonargparse reports a class that failed to build as a list of the union's members that did not fit:
+    # keep the member that is the class's own error.
+    if "Does not validate against any of the Union subtypes" in text and "Errors: - " in text:
+        reasons = text.split("Errors: - ", 1)[1].split(" - ")
+        text = next((r for r in reasons if not r.startswith("Expected a <class 'NoneType'>")), reasons[0])
+    # ... and a class path it cannot import as the ways it tried: keep the import's error.
+    elif text.startswith("Parser key") and " - Problem with given class_path" in text:
+        key, reasons = text.split(": - ", 1)
+        text = f"{key}: {reasons.split(' - ')[-1]}"
+    return text
+
+
+def run_subcommand(argv: list[str]) -> None:
+    if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
+        raise ValueError(f"unknown command {argv[0]!r}; choose one of {', '.join(SUBCOMMANDS)} (see `lgm-flow --help`)")
+    if argv[:1] == ["sample"]:
+        sample_main(argv[1:])
+    elif argv[:1] == ["evaluate"]:
+        from lgm.evaluate.cli import evaluate_main
+
+        evaluate_main(argv[1:])
+    elif argv[:1] == ["classifier"]:
+        from lgm.evaluate.classifier_cli import classifier_main
+
+        classifier_main(argv[1:])
+    else:
+        run_cli(argv)
+
+
+def check_training_checkpoint(path: str) -> dict:
+    """The checkpoint at ``path`` (its tensors memory-mapped, not read). Raise `CheckpointError` unless it
+    is a complete checkpoint written by Lightning (``lgm-flow fit``, `lgm.train.fit_flow`): a model file
+    of `lgm.flow.save` holds weights, not a training state."""
+    check_readable(path)
+    payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: reads no tensor data
+    if not isinstance(payload, dict) or "pytorch-lightning_version" not in payload:
+        kind = "a model file (lgm.flow.save)" if isinstance(payload, dict) and "lgm_flow" in payload else "no training checkpoint"
+        raise CheckpointError(
+            f"{path!r} is {kind}: --ckpt_path takes a checkpoint written by `lgm-flow fit` "
+            "(a run's checkpoints/last.ckpt, best-*.ckpt or snapshot-*.ckpt)"
+        )
+    return payload
+
+
+def ended_mid_epoch(checkpoint: dict) -> bool:
+    """Whether a Lightning checkpoint was saved after training stopped inside an epoch: its loop state
+    then says the epoch finished (every epoch started has completed) though its last batch never ran."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs, batches = loop.get("epoch_progress", {}).get("current", {}), loop.get("epoch_loop.batch_progress", {})
+    if not epochs or not batches:
+        return False
+    return epochs["completed"] == epochs["started"] > 0 and not batches.get("is_last_batch", True) and batches["current"]["completed"] > 0
 
 
 def resumed_run_version(ckpt_path: str | None, logger_args: list) -> str | None:
@@ -166,7 +286,8 @@ def run_cli(args: list[str] | None) -> None:
             trainer_defaults=default_trainer(version),
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
-            args=args,
+            parser_kwargs={"exit_on_error": False},  # `main` reports a bad option in one line
+            args=None if args == sys.argv[1:] else args,  # Lightning warns when both are given
         )
 
 

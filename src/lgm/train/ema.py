@@ -48,9 +48,11 @@ class FlowEMA(WeightAveraging):
         self.decay = decay
         self.enabled = enabled
         self.active = False
+        self._raw_state: dict[str, Tensor] | None = None  # the raw weights, once the average replaced them
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         flow: Flow = pl_module.flow
+        self._raw_state = None
         self.active = self.enabled if self.enabled is not None else flow.n_bits is not None
         if self.active:
             super().setup(trainer, pl_module, stage)
@@ -81,12 +83,18 @@ class FlowEMA(WeightAveraging):
             super().on_train_epoch_end(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Put the average into the module, keeping the raw weights for checkpoints written after this
+        (Lightning's end-of-training ``last.ckpt``, `lgm.train.fit_flow`'s final save), which must resume
+        from the raw weights, not from the average."""
         if self._average_model is not None:
+            self._raw_state = {name: t.detach().clone() for name, t in pl_module.state_dict().items()}
             super().on_train_end(trainer, pl_module)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self._average_model is not None:
             super().on_save_checkpoint(trainer, pl_module, checkpoint)
+            if self._raw_state is not None:
+                checkpoint["current_model_state"] = self._raw_state
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self._average_model is not None:

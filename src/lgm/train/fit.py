@@ -12,21 +12,24 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import signal
 import tempfile
 import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lgm.flow.base import Flow
 from lgm.flow.io import check_readable
+from lgm.train.callbacks import CheckpointOnSigterm
 from lgm.train.checkpoint_io import AtomicCheckpointIO
 from lgm.train.ema import FlowEMA
 from lgm.train.loggers import ResumableCSVLogger
@@ -87,8 +90,10 @@ def fit_flow(
         data: a data module, e.g. ``lgm.data.ToyDataModule("banana")`` or ``ImageDataModule("mnist")``.
         steps, minutes, epochs: the budget; at least one is needed.
         val_every: validate every this many steps (default: at the end of each epoch).
-        run_dir: folder for ``checkpoints/last.ckpt`` (written every 500 steps and at the end) and
-            ``metrics.csv``; default a new temporary folder.
+        run_dir: folder for ``checkpoints/last.ckpt`` (written every 500 steps, at the end, and when
+            the process gets SIGTERM) and ``metrics.csv``; default ``<root>/lgm/<date-time>/`` when
+            ``trainer_args`` names a ``default_root_dir`` (as ``lgm-flow fit`` lays out runs), else a new
+            temporary folder.
         resume: continue from ``run_dir``'s ``last.ckpt`` if there is one.
         ema, ema_decay: see `lgm.train.FlowEMA` (``None``: on for image flows).
         seed: seeds the weights' initialisation order, data order and all training noise.
@@ -104,6 +109,9 @@ def fit_flow(
     for name, value in (("steps", steps), ("minutes", minutes), ("epochs", epochs), ("val_every", val_every)):
         if value is not None and not (value > 0 and math.isfinite(value)):
             raise ValueError(f"{name} must be a positive number, got {value}")
+    root = (trainer_args or {}).get("default_root_dir")
+    if run_dir is None and root is not None:
+        run_dir = Path(root) / "lgm" / datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="lgm-fit-"))
     last = run_dir / LAST_CHECKPOINT
     ckpt_path = None
@@ -129,7 +137,9 @@ def fit_flow(
                 FlowEMA(enabled=ema, decay=ema_decay),
                 *([timer] if timer is not None else []),  # before `at_stop`, which must see the time run out
                 at_stop,
+                CheckpointOnSigterm(last),
             ],
+            "enable_checkpointing": False,  # `at_stop` writes the checkpoints: see its notes
             "plugins": [AtomicCheckpointIO()],
             "use_distributed_sampler": False,  # `lgm.data.InMemoryBatches` shards and resumes by itself
             "devices": 1,
@@ -138,7 +148,10 @@ def fit_flow(
             "log_every_n_steps": 10,
             **(trainer_args or {}),
         })
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        except SIGTERMException:  # a SystemExit with status 0: a stopped run must not look finished
+            raise SystemExit(128 + signal.SIGTERM) from None
         if at_stop.start_step < trainer.global_step != at_stop.saved_step:  # stopped another way, e.g. by the user
             trainer.save_checkpoint(last, weights_only=False)
     return FitResult(

@@ -102,7 +102,7 @@ class FlowModule(L.LightningModule):
         if warmup_steps and warmup_epochs:
             raise ValueError("give warmup_steps or warmup_epochs, not both")
         if lr <= 0 or not 0 <= min_lr <= lr:
-            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={lr}, min_lr={min_lr}")
+            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={lr}, min_lr={min_lr}; e.g. lr=1e-3 (--model.lr 1e-3)")
         if warmup_steps < 0 or warmup_epochs < 0 or max_bad_steps < 1 or (schedule_steps is not None and schedule_steps < 1):
             raise ValueError("warmup_steps and warmup_epochs must be >= 0, max_bad_steps and schedule_steps >= 1")
         self.flow = flow
@@ -270,11 +270,29 @@ class FlowModule(L.LightningModule):
     # -- set-up, initialisation, checkpoints ------------------------------------------------------
 
     def setup(self, stage: str) -> None:
+        self.check_data(self._trainer.datamodule if self._trainer is not None else None)
         couplings = [m for m in self.flow.modules() if isinstance(m, NetworkCoupling)]
         for coupling in couplings:
             coupling.checkpoint_net = self.gradient_checkpointing
             if self.compile_nets:
                 coupling.net.compile()
+
+    def check_data(self, data: L.LightningDataModule | None) -> None:
+        """Raise a `ValueError` naming the fix if ``data`` (when it tells its shape and classes) does not fit the flow."""
+        shape = getattr(data, "shape", None)
+        if shape is not None and tuple(shape) != tuple(self.flow.shape):
+            raise ValueError(
+                f"the model takes data of shape {list(self.flow.shape)}, but the data module gives {list(shape)}: "
+                f"set the flow's shape to the data's (--model.flow.init_args.shape '{list(shape)}') or choose other data"
+            )
+        if self.flow.n_classes and data is not None:
+            n_classes = getattr(data, "n_classes", None)
+            if not n_classes or n_classes > self.flow.n_classes:
+                has = f"{n_classes} classes" if n_classes else "no labels"
+                raise ValueError(
+                    f"the model is class-conditional with {self.flow.n_classes} classes, but the data has {has}: "
+                    "set --model.flow.init_args.n_classes to the data's number of classes (or drop it for an unconditional model)"
+                )
 
     def on_fit_start(self) -> None:
         self.initialize_flow()

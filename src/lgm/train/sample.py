@@ -6,13 +6,15 @@ import argparse
 from pathlib import Path
 
 import torch
-from torchvision.utils import save_image
 
 from lgm.flow.discrete import quantize
-from lgm.flow.io import load
+from lgm.flow.io import check_writable, load
 from lgm.flow.matching import FlowMatching
 from lgm.flow.ode import SOLVERS
 from lgm.viz.density import plot_samples
+from lgm.viz.images import save_grid
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")  # what both the grid and the scatter plot can write
 
 
 def sample_main(argv: list[str]) -> Path:
@@ -34,11 +36,18 @@ def sample_main(argv: list[str]) -> Path:
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error(f"--n must be at least 1, got {args.n}")
+    out = Path(args.out)
+    try:
+        check_picture_path(out)
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
 
     try:
         flow = load(args.ckpt, map_location=args.device)
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
+    if flow.n_bits is None and tuple(flow.shape) != (2,):
+        parser.error(f"cannot draw samples of shape {list(flow.shape)}: only images and 2-D points")
     labels = None
     if flow.n_classes:
         wanted = torch.tensor(args.labels or list(range(flow.n_classes)))
@@ -58,17 +67,19 @@ def sample_main(argv: list[str]) -> Path:
             x = flow.sample(args.n, temperature=args.temperature, labels=labels).cpu()
     except ValueError as e:
         parser.error(str(e))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if flow.n_bits is not None:
-        images = quantize(x, flow.n_bits).float() / 255
-        save_image(images, out, nrow=max(1, round(args.n**0.5)), padding=1)
-    elif x.dim() == 2 and x.shape[1] == 2:
+        save_grid(quantize(x, flow.n_bits).float() / 255, out)
+    else:
         lo, hi = x.quantile(0.005, dim=0), x.quantile(0.995, dim=0)
         margin = 0.1 * (hi - lo)
         plot_samples(x, bounds=((lo[0] - margin[0], hi[0] + margin[0]), (lo[1] - margin[1], hi[1] + margin[1])), path=out)
-    else:
-        raise SystemExit(f"cannot draw samples of shape {list(x.shape[1:])}: only images and 2-D points")
     cost = f" ({flow.last_nfe} velocity evaluations, {flow.solver} x {flow.steps})" if isinstance(flow, FlowMatching) else ""
     print(f"wrote {args.n} samples at temperature {args.temperature} to {out}{cost}")
     return out
+
+
+def check_picture_path(out: Path) -> None:
+    """Raise a one-line error naming the fix unless the picture ``out`` can be written: checked before sampling starts."""
+    if out.suffix.lower() not in PICTURE_SUFFIXES:
+        raise ValueError(f"cannot write --out {str(out)!r}: name a picture file ending in one of {', '.join(PICTURE_SUFFIXES)}")
+    check_writable(out)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
-from torchvision.utils import make_grid
+from torchvision.utils import make_grid, save_image
 
 from lgm.evaluate.diagnostics import chi_log_pdf
+from lgm.flow.io import atomic_file
 from lgm.viz.figures import finish
 
 
@@ -23,6 +25,14 @@ def grid_image(images: Tensor, nrow: int | None = None) -> Tensor:
     x = images.float() / 255 if not images.is_floating_point() else images.float()
     nrow = nrow or max(1, round(math.sqrt(len(x))))
     return make_grid(x, nrow=nrow, padding=1, pad_value=0.5).permute(1, 2, 0)
+
+
+def save_grid(images: Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:
+    """Save images ``[N, C, H, W]`` (floats in [0, 1]) as one grid picture at their own resolution
+    (a 1-pixel black border between images), atomically: the file appears whole or not at all."""
+    nrow = nrow or max(1, round(math.sqrt(len(images))))
+    with atomic_file(path, "wb") as f:
+        save_image(images.float().cpu(), f, nrow=nrow, padding=1, format=Path(path).suffix[1:] or "png")
 
 
 def _show(ax, images: Tensor, title: str, nrow: int | None = None) -> None:
