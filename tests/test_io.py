@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,3 +82,23 @@ def test_flow_without_init_args_cannot_be_saved(tmp_path):
     flow = Flow(Compose(), StandardGaussian((2,)), shape=(2,))
     with pytest.raises(TypeError, match="records no init_args"):
         save(flow, tmp_path / "model.pt")
+
+
+FORMAT_1 = Path(__file__).parent / "fixtures" / "format1"
+FORMAT_1_FILES = ["nice_toy.pt", "realnvp_images.pt", "glow_classes.pt", "vector_glow.pt", "matching_vector.pt",
+                  "matching_images.pt", "nice_toy_fit.ckpt"]
+
+
+@pytest.mark.parametrize("name", FORMAT_1_FILES)
+def test_files_written_by_earlier_versions_load_and_give_the_same_log_densities(name):
+    """Model files and checkpoints of file format 1 (see fixtures/format1/make.py), as they were written."""
+    expected = json.loads((FORMAT_1 / "expected.json").read_text())
+    flow = load(FORMAT_1 / name)
+    if flow.n_bits is not None:
+        x = (torch.tensor(expected["images"], dtype=torch.float32) + 0.5) / 256
+    else:
+        x = torch.tensor(expected["points"])
+    labels = torch.tensor(expected["labels"]) if flow.n_classes else None
+    with torch.no_grad():
+        log_p = flow.log_prob(x, labels)
+    torch.testing.assert_close(log_p, torch.tensor(expected["log_prob"][Path(name).stem]), rtol=1e-5, atol=1e-4)
