@@ -16,7 +16,7 @@ import argparse
 import torch
 
 from benchmarks.common import interleaved_rates, machine_line, markdown_table, n_parameters
-from lgm.flow import FlowMatching, load
+from lgm.flow import load
 from lgm.flow.ode import SOLVERS
 
 
@@ -37,7 +37,7 @@ def main() -> None:
         if not sep:
             p.error(f"--ckpt takes NAME=PATH, got {spec!r}")
         models[name] = load(path).eval()
-        if isinstance(models[name], FlowMatching):
+        if models[name].capabilities.solver:
             models[name].use_solver(args.solver, args.steps)
     calls = {name: (lambda m=m: m.sample(args.n, temperature=args.temperature)) for name, m in models.items()}
     rates = interleaved_rates(calls, args.n, args.repeats, warmup=1)
@@ -50,7 +50,8 @@ def main() -> None:
 
 
 def _cost(model) -> str:
-    return f" ({model.solver}, {model.steps} steps, {model.last_nfe} velocity evaluations)" if isinstance(model, FlowMatching) else ""
+    info = model.solver_info()
+    return f" ({info['solver']}, {info['steps']} steps, {info['velocity_evaluations']} velocity evaluations)" if info else ""
 
 
 if __name__ == "__main__":

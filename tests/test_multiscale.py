@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_transforms import randomise
 
-from lgm.flow import ActNorm, AffineCoupling, Glow, InvConv1x1, RealNVP, load, save
+from lgm.flow import (
+    ActNorm,
+    AffineCoupling,
+    Glow,
+    InvConv1x1,
+    Latent,
+    RealNVP,
+    load,
+    save,
+)
 from lgm.flow.base import data_initialization
 from lgm.flow.nets import glow_net
 from lgm.flow.priors import gaussian_log_prob
-from test_transforms import randomise
 
 
 def tiny_glow(**kwargs):
@@ -37,17 +46,17 @@ def brute_force_log_prob(model, x, labels=None):
         yi = labels[i : i + 1] if labels is not None else None
 
         def flat_latents(v):
-            return torch.cat([z.reshape(-1) for z in model._encode(v.reshape(xi.shape), yi)[0]])
+            return model.encode(v.reshape(xi.shape)).flatten().reshape(-1)
 
         jac = torch.autograd.functional.jacobian(flat_latents, xi.reshape(-1))
-        latents = model._encode(xi, yi)[0]
+        latents = model.encode(xi)
         # Rebuild each split's conditioning: the kept half is what the next level received.
         h = model.transform(xi)[0]
         log_p = torch.zeros((), dtype=x.dtype)
         for level, split in zip(model.levels, model.split_priors):
             h = level(h)[0]
             h, z = h.chunk(2, dim=1)
-            log_p = log_p + split.log_prob(z, h, yi)[0]
+            log_p = log_p + split.log_prob(z, yi, context=h)[0]
         log_p = log_p + model.prior.log_prob(latents[-1], yi)[0]
         out.append(log_p + torch.linalg.slogdet(jac).logabsdet)
     return torch.stack(out)
@@ -252,8 +261,10 @@ def test_gaussian_log_prob_matches_torch_distributions():
 
 def test_decode_names_the_latent_shapes_it_needs():
     model = tiny_glow()
-    with pytest.raises(ValueError, match=r"shaped \[B, \*s\] for s in \[\(2, 2, 2\), \(8, 1, 1\)\]"):
-        model.decode([torch.zeros(1, 2, 2, 2), torch.zeros(1, 4, 1, 1)])
+    with pytest.raises(ValueError, match=r"one tensor \[B, \*s\] per level for s in \[\(2, 2, 2\), \(8, 1, 1\)\].*got \[\(2, 2, 2\), \(4, 1, 1\)\]"):
+        model.decode(Latent([torch.zeros(1, 2, 2, 2), torch.zeros(1, 4, 1, 1)]))
+    with pytest.raises(ValueError, match="got list"):
+        model.decode([torch.zeros(1, 2, 2, 2), torch.zeros(1, 8, 1, 1)])
 
 
 def test_interpolation_over_all_or_the_first_levels():

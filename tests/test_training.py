@@ -82,7 +82,7 @@ def test_cli_fit_writes_logs_checkpoints_figures_and_resumes(tmp_path, monkeypat
     assert epochs == {"0", "1"}, "metrics of the first epoch were lost on resume"
 
     flow = load(last)
-    assert isinstance(flow, NiceFlow) and flow.init_args["hidden"] == 16
+    assert type(flow) is NiceFlow and flow.init_args["hidden"] == 16
     assert torch.isfinite(flow.log_prob(toy.banana(100))).all()
 
 

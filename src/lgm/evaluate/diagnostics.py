@@ -13,8 +13,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lgm.flow.base import Flow
-from lgm.flow.multiscale import MultiScaleFlow
-from lgm.flow.priors import StandardLogistic
 
 
 def to_data(x: Tensor) -> Tensor:
@@ -22,38 +20,16 @@ def to_data(x: Tensor) -> Tensor:
     return (x.float() + 0.5) / 256
 
 
-def prior_is_gaussian(flow: Flow) -> bool:
-    """True unless the prior is NICE's standard logistic (every other prior here is Gaussian)."""
-    return not isinstance(flow.prior, StandardLogistic)
-
-
-def logistic_to_gaussian(z: Tensor) -> Tensor:
-    """Map standard-logistic values to standard-normal ones, coordinate-wise and monotonically:
-    ``Phi^-1(sigmoid(z))``, computed as ``-sign(z) Phi^-1(sigmoid(-|z|))`` in float64 so that the tails
-    do not round to ``sigmoid(z) = 1``. Returns float32."""
-    tail = torch.sigmoid(-z.double().abs())
-    return (-z.sign() * torch.special.ndtri(tail)).float()
-
-
 @torch.no_grad()
 def standardized_latents(flow: Flow, x: Tensor, labels: Tensor | None = None) -> Tensor:
-    """Latents of data ``x`` (``[B, *shape]`` in [0, 1]) made standard normal under the model, ``[B, D]``.
-
-    For multi-scale flows each level's latent ``z`` becomes ``(z - mean) / std`` under its (learned,
-    conditional) prior. A standard-logistic prior's latents (NICE) go through `logistic_to_gaussian`.
-    Either way, if the model were the data's distribution, the result would be N(0, I) and its norm
-    would follow the chi distribution with ``D`` degrees of freedom (`chi_log_pdf`).
+    """Latents of data ``x`` (``[B, *shape]`` in [0, 1]) made standard normal under the model, ``[B, D]``
+    (`lgm.flow.Flow.standardize`: each level's latent by its own prior; a standard-logistic prior's
+    through the two CDFs). If the model were the data's distribution, the result would be N(0, I) and
+    its norm would follow the chi distribution with ``D`` degrees of freedom (`chi_log_pdf`).
     """
-    if not isinstance(flow, MultiScaleFlow):
-        z = flow.encode(x).flatten(1)
-        return z if prior_is_gaussian(flow) else logistic_to_gaussian(z)
-    flow.check_input(x)
     if flow.n_classes and labels is None:
         raise ValueError("a class-conditional flow needs the labels of x to standardise its latents")
-    latents, kept, _ = flow.forward_levels(x)
-    params = [prior.params(h, labels) for prior, h in zip(flow.split_priors, kept)]
-    params.append(flow.prior.params(len(x), labels))
-    return torch.cat([((z - mean) * (-log_std).exp()).flatten(1) for z, (mean, log_std) in zip(latents, params)], dim=1)
+    return flow.standardize(x, labels)
 
 
 def chi_log_pdf(r: Tensor, dof: int) -> Tensor:

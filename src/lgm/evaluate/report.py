@@ -37,9 +37,6 @@ from lgm.evaluate.quality import QUALITY_METRICS, generate, quality_metrics, ref
 from lgm.flow.base import Flow
 from lgm.flow.discrete import dequantize, reduce_bits
 from lgm.flow.io import atomic_write_text, flow_spec, load
-from lgm.flow.matching import FlowMatching
-from lgm.flow.multiscale import MultiScaleFlow
-from lgm.flow.nice import NiceFlow
 from lgm.viz.images import plot_corruption, plot_image_panels, plot_interpolations, plot_latent_norms, plot_scales
 
 METRICS = ("bpd", *QUALITY_METRICS, *(f"inception_{m}" for m in ("fid", "kid", "pr")))
@@ -211,7 +208,7 @@ def _use_solver(flow: Flow, settings: EvalSettings) -> None:
     chosen = (settings.solver, settings.steps, settings.likelihood_solver, settings.likelihood_steps)
     if all(value is None for value in chosen):
         return
-    if not isinstance(flow, FlowMatching):
+    if not flow.capabilities.solver:
         raise ValueError(f"--solver, --steps and --likelihood-* apply to continuous flows (FlowMatching) only, not to {type(flow).__name__}")
     flow.use_solver(settings.solver, settings.steps)
     flow.use_likelihood_solver(settings.likelihood_solver, settings.likelihood_steps)
@@ -230,8 +227,7 @@ def _flow_images(flow: Flow, settings: EvalSettings, timing: dict):
             seconds = time.perf_counter() - start
             timing.update(images=len(cache[n]), seconds=round(seconds, 3), images_per_second=round(len(cache[n]) / seconds, 2),
                           threads=torch.get_num_threads())
-            if isinstance(flow, FlowMatching):
-                timing.update(solver=flow.solver, steps=flow.steps, velocity_evaluations=flow.last_nfe)
+            timing.update(flow.solver_info())
         return cache[max(cache)][:n], None
 
     return images_for
@@ -257,10 +253,7 @@ def _bits_per_dim(flow: Flow | None, arrays, settings: EvalSettings, baseline: s
         torch.manual_seed(settings.seed)
         mean, se = mean_bits_per_dim(flow, x, y if flow.n_classes else None, desc="test bits/dim")
         result = {"value": mean, "stderr": se, "images": len(x), "bound": "uniform dequantisation, 1 sample"}
-        if isinstance(flow, FlowMatching):
-            solver, steps = flow.likelihood_integration
-            result.update(solver=solver, **({} if solver == "dopri5" else {"steps": steps}),
-                          divergence=flow.divergence, probes=flow.probes)
+        result.update(flow.likelihood_info())
         return result
     if baseline == "gaussian":
         v = PixelGaussian(arrays.x_train).bits_per_dim(x)
@@ -291,21 +284,18 @@ def _flow_figures(flow: Flow, arrays, settings: EvalSettings, out: Path) -> tupl
     ], path=path("real_vs_generated"))
 
     x = to_data(x_show)
-    z = flow.encode(x)
-    back = flow.decode(z)
+    back = flow.decode(flow.encode(x, labels), labels)
     diagnostics["reconstruction_max_abs_error"] = (back - x).abs().max().item()
     plot_image_panels([("test images", x[:32]), ("decode(encode(x))", back[:32].clamp(0, 1))], nrow=8, path=path("reconstructions"))
 
     xa, xb = x[:6], x[6:12]
-    if isinstance(flow, MultiScaleFlow):
-        for k in range(1, len(flow.latent_shapes) + 1):
-            name = "interpolation" if k == len(flow.latent_shapes) else f"interpolation_levels{k}"
-            what = "all levels" if k == len(flow.latent_shapes) else f"the first {k} (finest) latent(s) only"
-            plot_interpolations(flow.interpolate(xa, xb, steps=9, levels=k), f"latent interpolation, {what}", path=path(name))
-    else:
-        za, zb = flow.encode(xa), flow.encode(xb)
-        frames = torch.stack([flow.decode(za + t * (zb - za)).clamp(0, 1) for t in torch.linspace(0, 1, 9).tolist()])
-        plot_interpolations(frames, "latent interpolation", path=path("interpolation"))
+    levels = flow.capabilities.latent_levels
+    labels_ab = y_show[:6] if flow.n_classes else None  # x_a's classes, for families whose bijection takes them
+    for k in range(1, levels + 1):
+        name = "interpolation" if k == levels else f"interpolation_levels{k}"
+        what = "all levels" if k == levels else f"the first {k} (finest) latent(s) only"
+        frames = flow.interpolate(xa, xb, steps=9, levels=k, labels=labels_ab)
+        plot_interpolations(frames, "latent interpolation" + (f", {what}" if levels > 1 else ""), path=path(name))
 
     n_norm = min(2000, len(arrays.x_test))
     # Dequantised as in training: under a perfect model these latents follow the prior exactly.
@@ -316,10 +306,11 @@ def _flow_figures(flow: Flow, arrays, settings: EvalSettings, out: Path) -> tupl
     diagnostics["latent_norms"] = {"test_mean": norms.mean().item(), "dimensions": dof, "chi_mean": chi_mean(dof)}
     plot_latent_norms(norms, dof, path=path("latent_norms"))
 
-    if isinstance(flow, NiceFlow):
-        log_scale = flow.scaling.log_scale().detach().cpu()
+    log_scale = flow.per_dimension_log_scale()
+    if log_scale is not None:
+        log_scale = log_scale.cpu()
         side = math.isqrt(len(log_scale) // flow.shape[0])
-        plot_scales(log_scale.reshape(flow.shape[0], side, side)[0], "NICE log-scales per dimension", path=path("nice_scales"))
+        plot_scales(log_scale.reshape(flow.shape[0], side, side)[0], f"{type(flow).__name__} log-scales per dimension", path=path("log_scales"))
 
     x_corrupt, y_corrupt = arrays.x_test[pick[:500]], arrays.y_test[pick[:500]]
     torch.manual_seed(settings.seed)

@@ -7,17 +7,37 @@ Direction convention: ``forward`` maps data -> latent and returns ``(z, log|det 
 
 from lgm.flow.base import Compose, DataInitialized, Flow, Reshape, Transform
 from lgm.flow.checks import InvertibilityReport, check_invertible, jacobian_logdet
-from lgm.flow.discrete import dequantize, quantize, reduce_bits
 from lgm.flow.coupling import AdditiveCoupling, AffineCoupling, AffineVectorCoupling
+from lgm.flow.discrete import dequantize, quantize, reduce_bits
 from lgm.flow.glow import Glow, VectorGlow
 from lgm.flow.io import load, save
-from lgm.flow.layers import ActNorm, ChannelPermutation, DiagonalScaling, InvConv1x1, Squeeze
+from lgm.flow.latent import Capabilities, Latent
+from lgm.flow.layers import (
+    ActNorm,
+    ChannelPermutation,
+    DiagonalScaling,
+    InvConv1x1,
+    Squeeze,
+)
 from lgm.flow.matching import FlowMatching
 from lgm.flow.multiscale import MultiScaleFlow
 from lgm.flow.nets import mlp
 from lgm.flow.nice import NiceFlow
-from lgm.flow.preprocess import Center, Logit, Normalize, PadWithNoise, make_preprocessing
-from lgm.flow.priors import SplitPrior, StandardGaussian, StandardLogistic, TopPrior, make_prior
+from lgm.flow.preprocess import (
+    Center,
+    Logit,
+    Normalize,
+    PadWithNoise,
+    make_preprocessing,
+)
+from lgm.flow.priors import (
+    Prior,
+    SplitPrior,
+    StandardGaussian,
+    StandardLogistic,
+    TopPrior,
+    make_prior,
+)
 from lgm.flow.realnvp import RealNVP, VectorRealNVP
 from lgm.flow.scales import SCALE_MAPS, get_scale_map
 
@@ -26,6 +46,7 @@ __all__ = [
     "AdditiveCoupling",
     "AffineCoupling",
     "AffineVectorCoupling",
+    "Capabilities",
     "Center",
     "ChannelPermutation",
     "Compose",
@@ -36,10 +57,12 @@ __all__ = [
     "Glow",
     "InvertibilityReport",
     "InvConv1x1",
+    "Latent",
     "Logit",
     "MultiScaleFlow",
     "Normalize",
     "PadWithNoise",
+    "Prior",
     "NiceFlow",
     "RealNVP",
     "Reshape",

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from lgm.flow.discrete import check_images, dequantize, reduce_bits
+from lgm.flow.latent import Capabilities, Latent
 
 
 class Transform(nn.Module):
@@ -138,10 +139,21 @@ def data_initialization(module: nn.Module) -> Iterator[None]:
 class Flow(nn.Module):
     """A normalising flow: a `Transform` from data to latent space and a prior on the latent.
 
+    Every model family implements this protocol, and callers use only it and `capabilities`:
+
+    * ``log_prob(x, labels)`` ``[B]`` nats; ``bits_per_dim(x_uint8, labels)`` ``[B]``;
+      ``objective(x, labels)`` ``[B]``, the training loss;
+    * ``sample(n, temperature, labels)`` ``[n, *shape]``;
+    * ``encode(x, labels) -> Latent``, ``decode(latent, labels) -> x``, ``interpolate``, ``standardize``;
+    * ``bijection(x) -> (Latent, logdet)`` for flows with an exact inverse (what `check_invertible` checks);
+    * ``initialize(x, labels)``: the data-dependent layers, once;
+    * ``capabilities`` (see `lgm.flow.latent.Capabilities`), ``latent_shapes``, and the hooks
+      ``use_solver``, ``solver_info``, ``likelihood_info``, ``per_dimension_log_scale``,
+      ``configure_networks``, which do nothing (or refuse) where a family has no such thing.
+
     Args:
         transform: the bijection, data -> latent (preprocessing included, see `lgm.flow.preprocess`).
-        prior: a distribution over latents with ``log_prob(z) -> [B]`` and
-            ``sample(n, temperature) -> z`` (see `lgm.flow.priors`).
+        prior: a `lgm.flow.priors.Prior` over latents of shape ``prior.shape``.
         shape: the shape of one data sample, e.g. ``(2,)`` or ``(1, 28, 28)``; inputs are checked
             against it so that a wrong shape fails with a clear message.
         n_bits: ``None`` for continuous data; for images, the bit depth of the discrete data. Then
@@ -154,6 +166,7 @@ class Flow(nn.Module):
 
     init_args: dict[str, Any]
     n_classes: int | None = None
+    capabilities = Capabilities()
 
     def __init__(self, transform: Transform, prior: nn.Module, shape: tuple[int, ...], n_bits: int | None = None) -> None:
         super().__init__()
@@ -197,21 +210,64 @@ class Flow(nn.Module):
         if labels.min() < 0 or labels.max() >= self.n_classes:
             raise ValueError(f"labels must lie in 0..{self.n_classes - 1}, got [{labels.min().item()}, {labels.max().item()}]")
 
-    def encode(self, x: Tensor) -> Tensor:
-        """Map data ``[B, *shape]`` to latents."""
-        self.check_input(x)
-        return self.transform(x)[0]
+    # -- the latent -------------------------------------------------------------------------------
 
-    def decode(self, z: Tensor) -> Tensor:
-        """Map latents back to data ``[B, *shape]``; ``decode(encode(x)) == x`` to float precision."""
-        return self.transform.inverse(z)
+    @property
+    def latent_shapes(self) -> list[tuple[int, ...]]:
+        """The shape of one sample's latent at each level (as `encode` returns them)."""
+        return [tuple(self.prior.shape)]
+
+    def check_latent(self, latent: Latent) -> None:
+        """Raise a `ValueError` naming the shapes needed unless ``latent`` fits this model."""
+        if not isinstance(latent, Latent) or latent.shapes != self.latent_shapes:
+            given = latent.shapes if isinstance(latent, Latent) else type(latent).__name__
+            raise ValueError(
+                f"decode needs a Latent with one tensor [B, *s] per level for s in {self.latent_shapes} (as encode "
+                f"returns it; wrap a tensor z as lgm.flow.Latent(z)), got {given}"
+            )
+
+    def bijection(self, x: Tensor) -> tuple[Latent, Tensor]:
+        """The whole bijection without the prior: data ``x`` -> ``(latent, log|det d latent / dx|)``."""
+        z, logdet = self.transform(x)
+        return Latent(z), logdet
+
+    def encode(self, x: Tensor, labels: Tensor | None = None) -> Latent:
+        """Map data ``[B, *shape]`` to its latent (``labels`` are needed only by families whose
+        bijection depends on the class)."""
+        self.check_input(x)
+        return self.bijection(x)[0]
+
+    def decode(self, latent: Latent, labels: Tensor | None = None) -> Tensor:
+        """Map a latent back to data ``[B, *shape]``; ``decode(encode(x)) == x`` to float precision."""
+        self.check_latent(latent)
+        return self.transform.inverse(latent.levels[0])
+
+    def standardize(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """The latent of ``x`` mapped to N(0, I) noise by the prior, ``[B, D]``: if the model were the
+        data's distribution, exactly standard normal, so its norm would follow the chi law."""
+        self.check_labels(labels, x.shape[0])
+        return self.prior.standardize(self.encode(x, labels).levels[0], labels).flatten(1)
+
+    @torch.no_grad()
+    def interpolate(self, x_a: Tensor, x_b: Tensor, steps: int = 8, levels: int | None = None, labels: Tensor | None = None) -> Tensor:
+        """Decode straight lines between the latents of ``x_a`` and ``x_b`` (both ``[B, *shape]``).
+
+        ``levels=None`` interpolates every level; ``levels=k`` only the ``k`` finest (see `Latent`),
+        keeping ``x_a``'s latents elsewhere. Returns ``[steps, B, *shape]``; the first entry decodes
+        ``x_a`` itself.
+        """
+        za, zb = self.encode(x_a, labels), self.encode(x_b, labels)
+        frames = [self._as_data(self.decode(za.lerp(zb, t, levels), labels)) for t in torch.linspace(0, 1, steps).tolist()]
+        return torch.stack(frames)
+
+    # -- densities ----------------------------------------------------------------------------------
 
     def log_prob(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Log-density of ``x`` (``[B, *shape]``) in nats, shape ``[B]`` (given ``labels`` if class-conditional)."""
         self.check_input(x)
         self.check_labels(labels, x.shape[0])
         z, logdet = self.transform(x)
-        return self.prior.log_prob(z) + logdet
+        return self.prior.log_prob(z, labels) + logdet
 
     def bits_per_dim(self, x: Tensor, labels: Tensor | None = None, dequant_samples: int = 1) -> Tensor:
         """Bits per dimension of discrete 8-bit images ``x`` (integers in 0..255), shape ``[B]``.
@@ -234,20 +290,13 @@ class Flow(nn.Module):
         dims = math.prod(self.shape)
         return -log_px / (dims * math.log(2)) + self.n_bits
 
-    # What training minimises. Coupling flows train on their likelihood; a model trained on another
-    # objective (flow matching) overrides these, and may ask to be validated on it too, when its
-    # likelihood is expensive.
-    validate_likelihood = True
-
-    @property
-    def objective_name(self) -> str:
-        """Short name of `objective` for logs: ``"nll"`` (nats) or ``"bpd"`` (bits/dim of images)."""
-        return "nll" if self.n_bits is None else "bpd"
-
     def objective(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """The per-sample training loss ``[B]``: ``-log_prob(x)`` for continuous data, `bits_per_dim`
-        for discrete images (``x`` as the data module gives it)."""
+        for discrete images (``x`` as the data module gives it). A family that trains on another loss
+        overrides this and names the loss in ``capabilities.objective``."""
         return -self.log_prob(x, labels) if self.n_bits is None else self.bits_per_dim(x, labels)
+
+    # -- sampling ---------------------------------------------------------------------------------
 
     def sample(self, n: int, temperature: float = 1.0, labels: Tensor | None = None) -> Tensor:
         """Draw ``n`` samples ``[n, *shape]``; ``temperature`` scales the prior's standard deviation.
@@ -269,16 +318,58 @@ class Flow(nn.Module):
 
     def _draw(self, n: int, temperature: float, labels: Tensor | None) -> Tensor:
         """``n`` samples in the model's data space, before clamping (labels are checked already)."""
-        return self.decode(self.prior.sample(n, temperature=temperature))
+        return self.decode(Latent(self.prior.sample(n, labels, temperature=temperature)), labels)
 
     def _as_data(self, x: Tensor) -> Tensor:
         return x.clamp(0, 1) if self.n_bits is not None else x
+
+    # -- set-up -------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def initialize(self, x: Tensor, labels: Tensor | None = None) -> None:
         """Initialise every data-dependent layer from the batch ``x`` (a no-op for layers already set)."""
         with data_initialization(self):
             self.log_prob(x, labels)
+
+    def _network_transforms(self) -> list[nn.Module]:
+        # Transforms that run a network declare it as ``net``, with the switch ``checkpoint_net``
+        # (`lgm.flow.coupling.NetworkCoupling`).
+        return [m for m in self.modules() if hasattr(m, "checkpoint_net") and isinstance(getattr(m, "net", None), nn.Module)]
+
+    def networks(self) -> list[nn.Module]:
+        """The networks inside the flow's transforms (the unconstrained function approximators: what
+        weight decay applies to, and what `configure_networks` compiles)."""
+        return [m.net for m in self._network_transforms()]
+
+    def configure_networks(self, gradient_checkpointing: bool = False, compile: bool = False) -> None:
+        """Recompute the networks' activations in the backward pass (less memory, same gradients), and
+        ``torch.compile`` them (state-dict keys unchanged). Switches of a training run, not of the model."""
+        for transform in self._network_transforms():
+            transform.checkpoint_net = gradient_checkpointing
+            if compile:
+                transform.net.compile()
+
+    # -- hooks of some families; here, what a family without the feature does ----------------------
+
+    def use_solver(self, solver: str | None = None, steps: int | None = None) -> None:
+        """Set the ODE solver of sampling and encoding (flows with ``capabilities.solver``)."""
+        raise ValueError(f"solver options apply to continuous flows only, not to {type(self).__name__}")
+
+    def use_likelihood_solver(self, solver: str | None = None, steps: int | None = None) -> None:
+        """Set the ODE solver of `log_prob` (flows with ``capabilities.solver``)."""
+        raise ValueError(f"solver options apply to continuous flows only, not to {type(self).__name__}")
+
+    def solver_info(self) -> dict[str, Any]:
+        """How the latest sampling or encoding was integrated (solver, steps, velocity evaluations); ``{}`` without a solver."""
+        return {}
+
+    def likelihood_info(self) -> dict[str, Any]:
+        """How `log_prob` is computed, where there is a choice (solver, steps, divergence estimate); ``{}`` if exact."""
+        return {}
+
+    def per_dimension_log_scale(self) -> Tensor | None:
+        """A learned log-scale per data dimension ``[D]`` where the family has one (NICE's final scaling), else None."""
+        return None
 
 
 def _fmt(shape: tuple[int, ...]) -> str:

@@ -14,8 +14,6 @@ import torch
 from torch import Tensor
 
 from lgm.flow.base import Flow
-from lgm.flow.matching import FlowMatching
-from lgm.flow.multiscale import MultiScaleFlow
 
 Bijection = Callable[[Tensor], tuple[Tensor, Tensor]]
 
@@ -48,18 +46,15 @@ class InvertibilityReport:
 
 
 def latents_and_logdet(flow: Flow, x: Tensor) -> tuple[Tensor, Tensor]:
-    """The flow's whole bijection: data ``x`` -> every latent, flattened and concatenated ``[B, D]``,
-    and its ``log|det|`` ``[B]`` (for multi-scale flows the levels' log-dets; the priors excluded)."""
-    if isinstance(flow, FlowMatching):
+    """The flow's whole bijection: data ``x`` -> its latent, every level flattened and concatenated
+    ``[B, D]``, and ``log|det|`` ``[B]`` (the priors excluded). Only for flows with an exact inverse."""
+    if not flow.capabilities.exact_inverse:
         raise ValueError(
-            "a continuous flow (FlowMatching) is invertible only up to its ODE solver's error and has no "
-            "closed-form log-det to check: compare decode(encode(x)) with x as model.steps grows instead"
+            f"{type(flow).__name__} is invertible only up to its ODE solver's error and has no closed-form "
+            "log-det to check: compare decode(encode(x)) with x as the solver's steps grow instead"
         )
-    if not isinstance(flow, MultiScaleFlow):
-        z, logdet = flow.transform(x)
-        return z.flatten(1), logdet
-    latents, _, logdet = flow.forward_levels(x)
-    return torch.cat([z.flatten(1) for z in latents], dim=1), logdet
+    latent, logdet = flow.bijection(x)
+    return latent.flatten(), logdet
 
 
 def check_invertible(flow: Flow, x: Tensor, n_jacobian: int = 8) -> InvertibilityReport:

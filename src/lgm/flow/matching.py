@@ -31,6 +31,7 @@ from torch import Tensor
 
 from lgm.flow.base import Compose, Flow, data_initialization
 from lgm.flow.discrete import check_images, dequantize, reduce_bits
+from lgm.flow.latent import Capabilities, Latent
 from lgm.flow.ode import SOLVERS, check_solver, odeint
 from lgm.flow.preprocess import make_preprocessing
 from lgm.flow.priors import StandardGaussian
@@ -154,10 +155,16 @@ class FlowMatching(Flow):
             raise ValueError(f"unknown likelihood solver {solver!r}; choose auto or one of {', '.join(SOLVERS)}")
         return solver, self.steps if steps is None else steps
 
-    # -- training ---------------------------------------------------------------------------------
+    capabilities = Capabilities(exact_inverse=False, exact_likelihood=False, solver=True, objective="fm")
 
-    objective_name = "fm"
-    validate_likelihood = False
+    def solver_info(self) -> dict:
+        return {"solver": self.solver, "steps": self.steps, "velocity_evaluations": self.last_nfe}
+
+    def likelihood_info(self) -> dict:
+        solver, steps = self.likelihood_integration
+        return {"solver": solver, **({} if solver == "dopri5" else {"steps": steps}), "divergence": self.divergence, "probes": self.probes}
+
+    # -- training ---------------------------------------------------------------------------------
 
     def objective(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """The flow-matching loss per sample ``[B]``: ``mean_d (v(y_t, t) - (y_1 - y_0))^2`` with
@@ -219,15 +226,23 @@ class FlowMatching(Flow):
         y0, ode_logdet = self._integrate_with_logdet(y, labels)
         return self.prior.log_prob(y0) + ode_logdet + pre_logdet
 
-    def encode(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Data ``[B, *shape]`` -> latents ``[B, *model_shape]`` (noise at t = 0)."""
+    def bijection(self, x: Tensor) -> tuple[Latent, Tensor]:
+        raise ValueError(
+            "a continuous flow (FlowMatching) is invertible only up to its ODE solver's error and has no "
+            "closed-form log-det to check: compare decode(encode(x)) with x as model.steps grows instead"
+        )
+
+    def encode(self, x: Tensor, labels: Tensor | None = None) -> Latent:
+        """Data ``[B, *shape]`` -> latents ``[B, *model_shape]`` (noise at t = 0), without gradients."""
         self.check_input(x)
         self.check_labels(labels, x.shape[0])
         with torch.no_grad():
-            return self._integrate(self.transform(x)[0], labels, 1.0, 0.0)
+            return Latent(self._integrate(self.transform(x)[0], labels, 1.0, 0.0))
 
-    def decode(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Latents ``[B, *model_shape]`` -> data ``[B, *shape]``."""
+    def decode(self, latent: Latent, labels: Tensor | None = None) -> Tensor:
+        """Latents ``[B, *model_shape]`` -> data ``[B, *shape]``, without gradients."""
+        self.check_latent(latent)
+        z = latent.levels[0]
         self.check_labels(labels, z.shape[0])
         with torch.no_grad():
             return self.transform.inverse(self._integrate(z, labels, 0.0, 1.0))
@@ -235,7 +250,7 @@ class FlowMatching(Flow):
     def _draw(self, n: int, temperature: float, labels: Tensor | None) -> Tensor:
         """``n`` samples (see `lgm.flow.Flow.sample`): the initial noise scaled by ``temperature``,
         integrated to ``t = 1``; the number of velocity evaluations is left in ``last_nfe``."""
-        return self.decode(self.prior.sample(n, temperature), labels)
+        return self.decode(Latent(self.prior.sample(n, labels, temperature)), labels)
 
     @torch.no_grad()
     def initialize(self, x: Tensor, labels: Tensor | None = None) -> None:

@@ -1,8 +1,8 @@
 """Multi-scale flows (RealNVP, Glow): levels of steps, each but the last ending in a split.
 
 Data -> preprocessing -> level 1 -> split: factor out ``z_1`` -> level 2 -> ... -> level L -> ``z_L``.
-Every factored-out latent is kept: ``encode`` returns ``[z_1, ..., z_L]`` (finest first, the top
-latent last) and ``decode`` takes that list, so ``decode(encode(x)) == x``. At a split, the
+Every factored-out latent is kept: ``encode`` returns the `Latent` ``(z_1, ..., z_L)`` (finest
+first, the top latent last) and ``decode`` takes it, so ``decode(encode(x)) == x``. At a split, the
 factored half has its own prior, conditioned on the kept half (Glow's learned prior) or standard.
 """
 
@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from lgm.flow.base import Compose, Flow, Transform
+from lgm.flow.latent import Capabilities, Latent
 from lgm.flow.priors import SplitPrior, TopPrior
 
 
@@ -52,10 +53,18 @@ class MultiScaleFlow(Flow):
         super().__init__(Compose(*preprocess), top_prior, shape, n_bits=n_bits)
         self.levels = nn.ModuleList(levels)
         self.split_priors = nn.ModuleList(split_priors)
-        self.latent_shapes = [tuple(s) for s in latent_shapes]
+        self._latent_shapes = [tuple(s) for s in latent_shapes]
         self.n_classes = n_classes
 
-    def forward_levels(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(latent_levels=len(self.levels))
+
+    @property
+    def latent_shapes(self) -> list[tuple[int, ...]]:
+        return list(self._latent_shapes)
+
+    def _forward_levels(self, x: Tensor) -> tuple[list[Tensor], list[Tensor], Tensor]:
         """The bijection without the priors: data ``x`` -> ``([z_1, ..., z_L], [h_1, ..., h_{L-1}], logdet)``,
         with ``h_i`` the half kept at split ``i`` (what the split prior of ``z_i`` is conditioned on)
         and ``logdet`` ``[B]`` summed over the preprocessing and every level."""
@@ -71,36 +80,34 @@ class MultiScaleFlow(Flow):
         latents.append(h)
         return latents, kept, logdet
 
-    def _encode(self, x: Tensor, labels: Tensor | None) -> tuple[list[Tensor], Tensor]:
-        """``([z_1, ..., z_L], log p(x))``."""
-        latents, kept, log_p = self.forward_levels(x)
-        for prior, z, h in zip(self.split_priors, latents, kept):
-            log_p = log_p + prior.log_prob(z, h, labels)
-        return latents, log_p + self.prior.log_prob(latents[-1], labels)
+    def bijection(self, x: Tensor) -> tuple[Latent, Tensor]:
+        latents, _, logdet = self._forward_levels(x)
+        return Latent(latents), logdet
 
     def log_prob(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         self.check_input(x)
         self.check_labels(labels, x.shape[0])
-        return self._encode(x, labels)[1]
+        latents, kept, log_p = self._forward_levels(x)
+        for prior, z, h in zip(self.split_priors, latents, kept):
+            log_p = log_p + prior.log_prob(z, labels, context=h)
+        return log_p + self.prior.log_prob(latents[-1], labels)
 
-    def encode(self, x: Tensor) -> list[Tensor]:
-        """Data ``[B, C, H, W]`` -> the latents of every level, finest first (labels are not needed)."""
+    def standardize(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Each level's latent standardised by its own (learned, conditional) prior, ``[B, D]``, finest first."""
         self.check_input(x)
-        labels = torch.zeros(x.shape[0], dtype=torch.long, device=x.device) if self.n_classes else None
-        return self._encode(x, labels)[0]
+        self.check_labels(labels, x.shape[0])
+        latents, kept, _ = self._forward_levels(x)
+        eps = [prior.standardize(z, labels, context=h) for prior, z, h in zip(self.split_priors, latents, kept)]
+        eps.append(self.prior.standardize(latents[-1], labels))
+        return torch.cat([e.flatten(1) for e in eps], dim=1)
 
-    def decode(self, latents: Sequence[Tensor]) -> Tensor:
-        """The latents of every level (as `encode` returns them) -> data."""
-        given = [tuple(z.shape[1:]) for z in latents]
-        if given != self.latent_shapes or len({z.shape[0] for z in latents}) != 1:
-            raise ValueError(
-                f"decode needs one latent per level, shaped [B, *s] for s in {self.latent_shapes} (as encode "
-                f"returns them), got shapes {[list(z.shape) for z in latents]}"
-            )
-        h = latents[-1]
+    def decode(self, latent: Latent, labels: Tensor | None = None) -> Tensor:
+        """The latent of every level (as `encode` returns it) -> data."""
+        self.check_latent(latent)
+        h = latent.levels[-1]
         for i in reversed(range(len(self.levels))):
             if i < len(self.split_priors):
-                h = torch.cat((h, latents[i]), dim=1)
+                h = torch.cat((h, latent.levels[i]), dim=1)
             h = self.levels[i].inverse(h)
         return self.transform.inverse(h)
 
@@ -109,30 +116,12 @@ class MultiScaleFlow(Flow):
 
         Temperature 0 decodes the prior means (for learned priors, conditioned level by level).
         """
-        h = self.prior.sample(n, temperature, labels)
+        h = self.prior.sample(n, labels, temperature)
         for i in reversed(range(len(self.levels))):
             if i < len(self.split_priors):
-                h = torch.cat((h, self.split_priors[i].sample(h, temperature, labels)), dim=1)
+                h = torch.cat((h, self.split_priors[i].sample(n, labels, temperature, context=h)), dim=1)
             h = self.levels[i].inverse(h)
         return self.transform.inverse(h)
-
-    @torch.no_grad()
-    def interpolate(self, x_a: Tensor, x_b: Tensor, steps: int = 8, levels: int | None = None) -> Tensor:
-        """Decode straight lines between the latents of ``x_a`` and ``x_b`` (both ``[B, C, H, W]``).
-
-        ``levels=None`` interpolates every level; ``levels=k`` only the first ``k`` latents in
-        `encode` order (the finest), keeping ``x_a``'s latents elsewhere. Returns
-        ``[steps, B, C, H, W]``; the first entry decodes ``x_a`` itself.
-        """
-        za, zb = self.encode(x_a), self.encode(x_b)
-        k = len(za) if levels is None else levels
-        if not 0 <= k <= len(za):
-            raise ValueError(f"levels must be between 0 and {len(za)}, got {levels}")
-        frames = []
-        for t in torch.linspace(0, 1, steps).tolist():
-            mixed = [a + t * (b - a) if i < k else a for i, (a, b) in enumerate(zip(za, zb))]
-            frames.append(self._as_data(self.decode(mixed)))
-        return torch.stack(frames)
 
 
 def check_divisible(shape: tuple[int, ...], squeezes: int, levels: int) -> None:

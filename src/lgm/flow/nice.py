@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from torch import Tensor
+
 from lgm.flow.base import Compose, Flow, Reshape
 from lgm.flow.coupling import AdditiveCoupling, check_partition
 from lgm.flow.layers import DiagonalScaling
@@ -81,6 +83,9 @@ class NiceFlow(Flow):
     def scaling(self) -> DiagonalScaling:
         """The final diagonal scaling layer (its ``log_scale()`` ranks latent dimensions)."""
         return self.transform.transforms[-1]
+
+    def per_dimension_log_scale(self) -> Tensor:
+        return self.scaling.log_scale().detach()
 
     @classmethod
     def mnist(cls, **overrides) -> "NiceFlow":

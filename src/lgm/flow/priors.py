@@ -1,9 +1,17 @@
 """Priors on the latent space: standard distributions, and Gaussians whose parameters are learned
 or conditioned (on the kept half at a multi-scale split, or on a class label).
 
-Each prior has ``log_prob(z) -> [B]`` (nats, summed over every non-batch dimension) and
-``sample(n, temperature) -> [n, *shape]``. Temperature multiplies the standard deviation (for the
-logistic, its scale), as in Glow's "reduced temperature" sampling.
+Every prior follows one protocol, `Prior`:
+
+* ``log_prob(z, labels=None, context=None) -> [B]``, nats, summed over every non-batch dimension;
+* ``sample(n, labels=None, temperature=1.0, context=None) -> [n, *shape]``;
+* ``standardize(z, labels=None, context=None) -> z's shape``: ``z`` mapped to N(0, I) noise, exactly
+  so if ``z`` follows the prior (for diagnostics: the norm of the result should follow a chi law).
+
+``labels`` (class indices ``[B]``) are used by class-conditional priors and ignored by the others;
+``context`` is what a conditional prior is conditioned on (the kept half at a multi-scale split),
+``None`` for the others. Temperature multiplies the standard deviation (for the logistic, its
+scale), as in Glow's "reduced temperature" sampling.
 """
 
 from __future__ import annotations
@@ -19,7 +27,22 @@ from lgm.flow.nets import ZeroConv2d
 _LOG_2PI = math.log(2 * math.pi)
 
 
-class _FactorisedPrior(nn.Module):
+class Prior(nn.Module):
+    """The protocol every prior follows (see the module's notes); subclasses implement all three."""
+
+    def log_prob(self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def sample(
+        self, n: int, labels: Tensor | None = None, temperature: float = 1.0, context: Tensor | None = None
+    ) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def standardize(self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class _FactorisedPrior(Prior):
     """Shared plumbing: the latent shape, and a buffer that follows the module's device and dtype."""
 
     def __init__(self, shape: tuple[int, ...]) -> None:
@@ -34,12 +57,15 @@ class _FactorisedPrior(nn.Module):
 class StandardGaussian(_FactorisedPrior):
     """N(0, I) on latents of ``shape``: log p(z) = -0.5 * sum(z^2 + log 2pi)."""
 
-    def log_prob(self, z: Tensor) -> Tensor:
+    def log_prob(self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:
         return self._flat_sum(-0.5 * (z.square() + _LOG_2PI))
 
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+    def sample(self, n: int, labels: Tensor | None = None, temperature: float = 1.0, context: Tensor | None = None) -> Tensor:
         a = self._anchor
         return temperature * torch.randn(n, *self.shape, device=a.device, dtype=a.dtype)
+
+    def standardize(self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+        return z
 
 
 class StandardLogistic(_FactorisedPrior):
@@ -48,21 +74,28 @@ class StandardLogistic(_FactorisedPrior):
     Heavier tails than the Gaussian give larger gradients to badly modelled points (NICE, sec. 3.4).
     """
 
-    def log_prob(self, z: Tensor) -> Tensor:
+    def log_prob(self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:
         return self._flat_sum(-F.softplus(z) - F.softplus(-z))
 
-    def sample(self, n: int, temperature: float = 1.0) -> Tensor:
+    def sample(self, n: int, labels: Tensor | None = None, temperature: float = 1.0, context: Tensor | None = None) -> Tensor:
         a = self._anchor
         # Inverse CDF on U(eps, 1 - eps) keeps the logit finite in float32.
         eps = torch.finfo(a.dtype).eps
         u = torch.rand(n, *self.shape, device=a.device, dtype=a.dtype).clamp(eps, 1 - eps)
         return temperature * (torch.log(u) - torch.log1p(-u))
 
+    def standardize(self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+        """Standard logistic -> standard normal, coordinate-wise and monotonically: ``Phi^-1(sigmoid(z))``,
+        computed as ``-sign(z) Phi^-1(sigmoid(-|z|))`` in float64 so that the tails do not round to
+        ``sigmoid(z) = 1``."""
+        tail = torch.sigmoid(-z.double().abs())
+        return (-z.sign() * torch.special.ndtri(tail)).to(z.dtype)
+
 
 PRIORS = {"gaussian": StandardGaussian, "logistic": StandardLogistic}
 
 
-def make_prior(name: str, shape: tuple[int, ...]) -> nn.Module:
+def make_prior(name: str, shape: tuple[int, ...]) -> Prior:
     """Build a prior by name (``"gaussian"`` or ``"logistic"``) for latents of ``shape``."""
     try:
         return PRIORS[name](shape)
@@ -91,7 +124,7 @@ class _ClassBias(nn.Module):
         return mean[:, :, None, None], log_std[:, :, None, None]
 
 
-class TopPrior(nn.Module):
+class TopPrior(Prior):
     """Diagonal Gaussian on the last level's latent ``[B, C, H, W]``.
 
     ``learned=False`` is N(0, I); ``learned=True`` learns a mean and log-std per position (Glow's
@@ -111,26 +144,31 @@ class TopPrior(nn.Module):
         self.class_bias = _ClassBias(n_classes, shape[0]) if n_classes else None
 
     def params(self, batch: int, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Mean and log-std ``[batch, C, H, W]``."""
         mean, log_std = self.mean.expand(batch, *self.shape), self.log_std.expand(batch, *self.shape)
         if self.class_bias is not None:
             dm, ds = self.class_bias(labels)
             mean, log_std = mean + dm, log_std + ds
         return mean, log_std
 
-    def log_prob(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+    def log_prob(self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:
         return gaussian_log_prob(z, *self.params(z.shape[0], labels))
 
-    def sample(self, n: int, temperature: float = 1.0, labels: Tensor | None = None) -> Tensor:
+    def sample(self, n: int, labels: Tensor | None = None, temperature: float = 1.0, context: Tensor | None = None) -> Tensor:
         mean, log_std = self.params(n, labels)
         return mean + temperature * log_std.exp() * torch.randn_like(mean)
 
+    def standardize(self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+        mean, log_std = self.params(z.shape[0], labels)
+        return (z - mean) * (-log_std).exp()
 
-class SplitPrior(nn.Module):
-    """Prior of a factored-out latent ``z [B, Cz, H, W]`` given the kept half ``h [B, Ch, H, W]``.
+
+class SplitPrior(Prior):
+    """Prior of a factored-out latent ``z [B, Cz, H, W]`` given the kept half, ``context`` ``[B, Ch, H, W]``.
 
     ``learned=False`` is N(0, I); ``learned=True`` is Glow's conditional prior: a zero-initialised
-    convolution of ``h`` gives its mean and log-std (started at N(0, I)). With ``n_classes`` the label
-    adds a learned per-channel offset. Temperature multiplies the standard deviation.
+    convolution of the kept half gives its mean and log-std (started at N(0, I)). With ``n_classes``
+    the label adds a learned per-channel offset. Temperature multiplies the standard deviation.
     """
 
     def __init__(self, kept_channels: int, z_channels: int, learned: bool = True, n_classes: int | None = None) -> None:
@@ -140,6 +178,7 @@ class SplitPrior(nn.Module):
         self.class_bias = _ClassBias(n_classes, z_channels) if n_classes else None
 
     def params(self, h: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Mean and log-std ``[B, Cz, H, W]`` given the kept half ``h``."""
         shape = (h.shape[0], self.z_channels, *h.shape[2:])
         if self.conv is not None:
             mean, log_std = self.conv(h).to(h.dtype).chunk(2, dim=1)  # float32 under bf16 autocast
@@ -150,9 +189,21 @@ class SplitPrior(nn.Module):
             mean, log_std = mean + dm, log_std + ds
         return mean, log_std
 
-    def log_prob(self, z: Tensor, h: Tensor, labels: Tensor | None = None) -> Tensor:
-        return gaussian_log_prob(z, *self.params(h, labels))
+    def _context(self, context: Tensor | None) -> Tensor:
+        if context is None:
+            raise ValueError("a split prior is conditioned on the kept half: pass it as context")
+        return context
 
-    def sample(self, h: Tensor, temperature: float = 1.0, labels: Tensor | None = None) -> Tensor:
+    def log_prob(self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+        return gaussian_log_prob(z, *self.params(self._context(context), labels))
+
+    def sample(self, n: int, labels: Tensor | None = None, temperature: float = 1.0, context: Tensor | None = None) -> Tensor:
+        h = self._context(context)
+        if len(h) != n:
+            raise ValueError(f"{n} samples need a context of {n} kept halves, got {len(h)}")
         mean, log_std = self.params(h, labels)
         return mean + temperature * log_std.exp() * torch.randn_like(mean)
+
+    def standardize(self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+        mean, log_std = self.params(self._context(context), labels)
+        return (z - mean) * (-log_std).exp()

@@ -12,7 +12,6 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lgm.flow.base import DataInitialized, Flow
-from lgm.flow.coupling import NetworkCoupling
 from lgm.flow.discrete import dequantize, reduce_bits
 from lgm.flow.io import check_compatible, flow_spec
 from lgm.train.guard import TrainingDiverged, describe_nonfinite
@@ -126,6 +125,17 @@ class FlowModule(L.LightningModule):
         """The likelihood's name in logs: ``nll`` (nats, continuous data) or ``bpd`` (images)."""
         return "nll" if self.flow.n_bits is None else "bpd"
 
+    @property
+    def objective_name(self) -> str:
+        """The training loss's name in logs: the likelihood's (``nll``, ``bpd``) or the family's own (``fm``)."""
+        objective = self.flow.capabilities.objective
+        return self.metric if objective == "likelihood" else objective
+
+    @property
+    def validates_likelihood(self) -> bool:
+        """Validation measures the likelihood where it is exact (as cheap as a training step), else the objective."""
+        return self.flow.capabilities.exact_likelihood
+
     # -- the loss ---------------------------------------------------------------------------------
 
     def _loss(self, batch: Batch, dequant_samples: int = 1) -> Tensor:
@@ -163,7 +173,7 @@ class FlowModule(L.LightningModule):
             loss = self._objective(batch).mean()
         self._last_loss, self._last_batch = loss.detach(), (batch, batch_idx)
         if torch.isfinite(loss):
-            self.log(f"train/{self.flow.objective_name}", loss, prog_bar=True)
+            self.log(f"train/{self.objective_name}", loss, prog_bar=True)
         # A non-finite loss is still returned: under DDP every rank must run backward, and its
         # non-finite gradients are caught in on_before_optimizer_step on every rank alike.
         return loss
@@ -205,12 +215,12 @@ class FlowModule(L.LightningModule):
         )
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self.val_mean.update(self._evaluation_loss(batch, batch_idx, likelihood=self.flow.validate_likelihood))
+        self.val_mean.update(self._evaluation_loss(batch, batch_idx, likelihood=self.validates_likelihood))
 
     def on_validation_epoch_end(self) -> None:
         value = self.val_mean.compute()  # synced across ranks
         self.val_mean.reset()
-        name = self.metric if self.flow.validate_likelihood else self.flow.objective_name
+        name = self.metric if self.validates_likelihood else self.objective_name
         self.log(f"val/{name}", value, prog_bar=True)
         self.log("val/loss", value)
 
@@ -271,11 +281,7 @@ class FlowModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         self.check_data(self._trainer.datamodule if self._trainer is not None else None)
-        couplings = [m for m in self.flow.modules() if isinstance(m, NetworkCoupling)]
-        for coupling in couplings:
-            coupling.checkpoint_net = self.gradient_checkpointing
-            if self.compile_nets:
-                coupling.net.compile()
+        self.flow.configure_networks(self.gradient_checkpointing, self.compile_nets)
 
     def check_data(self, data: L.LightningDataModule | None) -> None:
         """Raise a `ValueError` naming the fix if ``data`` (when it tells its shape and classes) does not fit the flow."""

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from lgm.flow.coupling import NetworkCoupling
+from lgm.flow.base import Flow
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}
 SCHEDULES = ("constant", "cosine")
@@ -25,22 +25,21 @@ def make_optimizer(name: str, groups: list[dict], lr: float, betas: tuple[float,
     return OPTIMIZERS[name](groups, lr=lr, betas=betas, **fast)
 
 
-def parameter_groups(flow: nn.Module, weight_decay: float, decay_scales: bool = False) -> list[dict]:
+def parameter_groups(flow: Flow, weight_decay: float, decay_scales: bool = False) -> list[dict]:
     """Optimiser parameter groups: ``[decayed, not decayed]``.
 
-    Decayed: the weights and biases of the linear and convolution layers inside coupling networks
-    (the unconstrained function approximators). Not decayed: everything else, i.e. the flow's own
+    Decayed: the weights and biases of the linear and convolution layers inside the flow's networks
+    (`lgm.flow.Flow.networks`: the unconstrained function approximators of the couplings). Not decayed: everything else, i.e. the flow's own
     parameters (NICE's scales, actnorm, 1x1 convolutions, priors, normalisation inside networks),
     whose natural value is not 0. ``decay_scales=True`` decays every parameter.
     """
     if decay_scales:
         return [{"params": list(flow.parameters()), "weight_decay": weight_decay}]
     decayed: dict[int, nn.Parameter] = {}
-    for coupling in flow.modules():
-        if isinstance(coupling, NetworkCoupling):
-            for layer in coupling.net.modules():
-                if type(layer) in (nn.Linear, nn.Conv2d):
-                    decayed.update((id(p), p) for p in layer.parameters())
+    for network in flow.networks():
+        for layer in network.modules():
+            if type(layer) in (nn.Linear, nn.Conv2d):
+                decayed.update((id(p), p) for p in layer.parameters())
     rest = [p for p in flow.parameters() if id(p) not in decayed]
     return [{"params": list(decayed.values()), "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 

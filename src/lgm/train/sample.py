@@ -9,7 +9,6 @@ import torch
 
 from lgm.flow.discrete import quantize
 from lgm.flow.io import check_writable, load
-from lgm.flow.matching import FlowMatching
 from lgm.flow.ode import SOLVERS
 from lgm.viz.density import plot_samples
 from lgm.viz.images import save_grid
@@ -55,7 +54,7 @@ def sample_main(argv: list[str]) -> Path:
     elif args.labels:
         parser.error("--labels needs a class-conditional model; this one is not")
     if args.solver is not None or args.steps is not None:
-        if not isinstance(flow, FlowMatching):
+        if not flow.capabilities.solver:
             parser.error("--solver and --steps apply to continuous flows (FlowMatching) only")
         try:
             flow.use_solver(args.solver, args.steps)
@@ -73,7 +72,8 @@ def sample_main(argv: list[str]) -> Path:
         lo, hi = x.quantile(0.005, dim=0), x.quantile(0.995, dim=0)
         margin = 0.1 * (hi - lo)
         plot_samples(x, bounds=((lo[0] - margin[0], hi[0] + margin[0]), (lo[1] - margin[1], hi[1] + margin[1])), path=out)
-    cost = f" ({flow.last_nfe} velocity evaluations, {flow.solver} x {flow.steps})" if isinstance(flow, FlowMatching) else ""
+    info = flow.solver_info()
+    cost = f" ({info['velocity_evaluations']} velocity evaluations, {info['solver']} x {info['steps']})" if info else ""
     print(f"wrote {args.n} samples at temperature {args.temperature} to {out}{cost}")
     return out
 
