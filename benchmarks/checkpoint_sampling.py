@@ -22,7 +22,9 @@ from lgm.flow.ode import SOLVERS
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt", action="append", required=True, metavar="NAME=PATH", help="a model to time (repeat the option)")
+    p.add_argument(
+        "--ckpt", action="append", required=True, metavar="NAME=PATH", help="a model to time (repeat the option)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per model; the median is reported")
     p.add_argument("--n", type=int, default=100, help="images per sampling call (default 100)")
@@ -42,16 +44,30 @@ def main() -> None:
     calls = {name: (lambda m=m: m.sample(args.n, temperature=args.temperature)) for name, m in models.items()}
     rates = interleaved_rates(calls, args.n, args.repeats, warmup=1)
     fastest = max(rates.values())
-    rows = [[name, type(m).__name__ + _cost(m), f"{n_parameters(m) / 1e6:.2f}M", f"{rates[name]:.1f}", f"{rates[name] / fastest:.3f}"]
-            for name, m in models.items()]
-    print(f"Sampling {args.n} images at T = {args.temperature}, {machine_line(args.threads, with_normflows=False)}; "
-          f"median of {args.repeats} calls\n")
+    rows = [
+        [
+            name,
+            type(m).__name__ + _cost(m),
+            f"{n_parameters(m) / 1e6:.2f}M",
+            f"{rates[name]:.1f}",
+            f"{rates[name] / fastest:.3f}",
+        ]
+        for name, m in models.items()
+    ]
+    print(
+        f"Sampling {args.n} images at T = {args.temperature}, {machine_line(args.threads, with_normflows=False)}; "
+        f"median of {args.repeats} calls\n"
+    )
     print(markdown_table(["model", "class", "parameters", "images/s", "relative to the fastest"], rows))
 
 
 def _cost(model) -> str:
     info = model.solver_info()
-    return f" ({info['solver']}, {info['steps']} steps, {info['velocity_evaluations']} velocity evaluations)" if info else ""
+    return (
+        f" ({info['solver']}, {info['steps']} steps, {info['velocity_evaluations']} velocity evaluations)"
+        if info
+        else ""
+    )
 
 
 if __name__ == "__main__":

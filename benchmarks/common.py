@@ -107,12 +107,24 @@ def lgm_model(config: Config, coupling: str = "affine") -> nn.Module:
     """lgm's model of ``config``, not yet data-initialised (``coupling`` of Glow: affine or additive)."""
     if config.kind == "glow":
         return Glow(
-            shape=config.shape, levels=config.levels, steps=config.steps, hidden=config.hidden,
-            coupling=coupling, permutation="conv_lu", scale="sigmoid", learned_prior=False,
+            shape=config.shape,
+            levels=config.levels,
+            steps=config.steps,
+            hidden=config.hidden,
+            coupling=coupling,
+            permutation="conv_lu",
+            scale="sigmoid",
+            learned_prior=False,
         )
     return NiceFlow(
-        shape=config.shape, couplings=config.steps, hidden=config.hidden, depth=config.depth,
-        partition="even_odd", scale="exp", prior="gaussian", n_bits=8,
+        shape=config.shape,
+        couplings=config.steps,
+        hidden=config.hidden,
+        depth=config.depth,
+        partition="even_odd",
+        scale="exp",
+        prior="gaussian",
+        n_bits=8,
     )
 
 
@@ -134,7 +146,11 @@ def normflows_model(config: Config, coupling_scale: bool = True) -> nn.Module:
             # lgm's even_odd partition changes the odd features first (keeps the even ones), then the
             # even ones; normflows' 1-D "checkerboard_inv" keeps the even ones, "checkerboard" the odd.
             net = nf.nets.MLP([dim // 2] + [config.hidden] * config.depth + [dim // 2], init_zeros=True)
-            flows.append(nf.flows.AffineCouplingBlock(net, scale=False, split_mode="checkerboard_inv" if i % 2 == 0 else "checkerboard"))
+            flows.append(
+                nf.flows.AffineCouplingBlock(
+                    net, scale=False, split_mode="checkerboard_inv" if i % 2 == 0 else "checkerboard"
+                )
+            )
         flows.append(nf.flows.AffineConstFlow((dim,), scale=True, shift=False))
         return nf.NormalizingFlow(nf.distributions.DiagGaussian(dim, trainable=False), flows[::-1])
     q0, flows, merges = [], [], []
@@ -143,8 +159,15 @@ def normflows_model(config: Config, coupling_scale: bool = True) -> nn.Module:
         channels = c * 4 ** (level + 1) // 2**level
         side = h // 2 ** (level + 1), w // 2 ** (level + 1)
         blocks = [
-            nf.flows.GlowBlock(channels, config.hidden, scale=coupling_scale, scale_map="sigmoid", split_mode="channel",
-                               use_lu=True, net_actnorm=True)
+            nf.flows.GlowBlock(
+                channels,
+                config.hidden,
+                scale=coupling_scale,
+                scale_map="sigmoid",
+                split_mode="channel",
+                use_lu=True,
+                net_actnorm=True,
+            )
             for _ in range(config.steps)
         ]
         flows.append(blocks + [nf.flows.Squeeze()])
@@ -165,7 +188,9 @@ def normflows_side(config: Config) -> Side:
     model = normflows_model(config)
     prepare = normflows_input(config)
     with torch.no_grad():
-        model.log_prob(prepare(uniform_images(config.batch, config.shape, seed=1)), *([] if config.kind == "nice" else [None]))
+        model.log_prob(
+            prepare(uniform_images(config.batch, config.shape, seed=1)), *([] if config.kind == "nice" else [None])
+        )
     if config.kind == "nice":
         sample = lambda n, t: _nice_sample(model, n, t)  # noqa: E731
     else:
@@ -229,7 +254,9 @@ def training_calls(config: Config, plain_adam: bool = False) -> tuple[list[Side]
     return pair, {s.library: (lambda s=s: training_step(s, optimizers[s.library], y)) for s in pair}
 
 
-def interleaved_rates(calls: dict[str, Callable[[], None]], items: int, repeats: int, warmup: int = 1, inner: int = 1) -> dict[str, float]:
+def interleaved_rates(
+    calls: dict[str, Callable[[], None]], items: int, repeats: int, warmup: int = 1, inner: int = 1
+) -> dict[str, float]:
     """Median items/s of each call (``items`` per call, ``inner`` calls a timing), measured in turns."""
     for call in calls.values():
         for _ in range(warmup):
@@ -244,7 +271,9 @@ def interleaved_rates(calls: dict[str, Callable[[], None]], items: int, repeats:
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
-def peak_training_rss_mib(config: Config, library: str, threads: int, steps: int = 3, plain_adam: bool = False) -> float:
+def peak_training_rss_mib(
+    config: Config, library: str, threads: int, steps: int = 3, plain_adam: bool = False
+) -> float:
     """Peak resident memory added by ``steps`` training steps, in MiB, from a fresh process (Linux).
 
     The child builds and initialises the model, resets the kernel's peak-RSS mark, trains, and
@@ -253,7 +282,17 @@ def peak_training_rss_mib(config: Config, library: str, threads: int, steps: int
     fresh process per measurement keeps allocator caches apart. (``getrusage``'s ``ru_maxrss`` would
     not do: it survives ``exec`` and so starts at the parent's peak.)
     """
-    cmd = [sys.executable, "-m", "benchmarks.common", "peak-memory", config.name, library, str(threads), str(steps), str(int(plain_adam))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.common",
+        "peak-memory",
+        config.name,
+        library,
+        str(threads),
+        str(steps),
+        str(int(plain_adam)),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["mib"]
 
@@ -287,10 +326,13 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def machine_line(threads: int, with_normflows: bool = True) -> str:
     """One line saying where and with what the numbers were measured."""
-    versions = f"torch {torch.__version__}" + (f", normflows {import_normflows().__version__}" if with_normflows else "")
+    versions = f"torch {torch.__version__}" + (
+        f", normflows {import_normflows().__version__}" if with_normflows else ""
+    )
     return (
         f"{time.strftime('%Y-%m-%d')}, {versions}, "
-        f"{threads} thread(s) on {len(os.sched_getaffinity(0))} CPU core(s) ({platform.processor() or platform.machine()})"
+        f"{threads} thread(s) on {len(os.sched_getaffinity(0))} CPU core(s) "
+        f"({platform.processor() or platform.machine()})"
     )
 
 

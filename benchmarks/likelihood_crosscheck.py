@@ -23,7 +23,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from benchmarks.common import Config, lgm_model, machine_line, markdown_table, normflows_model, parser, start, uniform_images
+from benchmarks.common import (
+    Config,
+    lgm_model,
+    machine_line,
+    markdown_table,
+    normflows_model,
+    parser,
+    start,
+    uniform_images,
+)
 from lgm.flow import ActNorm, AdditiveCoupling, AffineCoupling, DiagonalScaling, InvConv1x1
 
 
@@ -160,10 +169,16 @@ def main() -> None:
     for config in args.configs:
         variants = ["additive"] if config.kind == "nice" else ["additive", "affine, zero shift"]
         for variant in variants:
-            (diff64, mean), (diff32, _) = (compare(config, variant, dtype, args.n) for dtype in (torch.float64, torch.float32))
+            (diff64, mean), (diff32, _) = (
+                compare(config, variant, dtype, args.n) for dtype in (torch.float64, torch.float32)
+            )
             rows.append([config.describe(), variant, f"{mean:.2f}", f"{diff64:.1e}", f"{diff32:.1e}"])
     print(f"log p(y) of lgm and normflows on the same weights and images ({args.n}), {machine_line(args.threads)}\n")
-    print(markdown_table(["model", "coupling", "lgm mean log p (nats)", "max rel. diff float64", "max rel. diff float32"], rows))
+    print(
+        markdown_table(
+            ["model", "coupling", "lgm mean log p (nats)", "max rel. diff float64", "max rel. diff float32"], rows
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -53,12 +53,20 @@ def main() -> None:
         roof = roofs["matmul" if config.kind == "nice" else "conv3x3"]
         for side in pair:
             achieved = flops[side.library] * steps_per_s[side.library] / 1e9
-            rows.append([
-                config.describe(), side.library, f"{flops[side.library] / 1e9:.2f}", f"{1e3 / steps_per_s[side.library]:.0f}",
-                f"{achieved:.1f}", f"{100 * achieved / roof:.0f}%",
-            ])
-    print(f"Training step against the roof, {machine_line(args.threads)}; roof: matmul {roofs['matmul']:.1f} GFLOP/s, "
-          f"3x3 conv {roofs['conv3x3']:.1f} GFLOP/s (NICE is compared with the matmul, Glow with the conv)\n")
+            rows.append(
+                [
+                    config.describe(),
+                    side.library,
+                    f"{flops[side.library] / 1e9:.2f}",
+                    f"{1e3 / steps_per_s[side.library]:.0f}",
+                    f"{achieved:.1f}",
+                    f"{100 * achieved / roof:.0f}%",
+                ]
+            )
+    print(
+        f"Training step against the roof, {machine_line(args.threads)}; roof: matmul {roofs['matmul']:.1f} GFLOP/s, "
+        f"3x3 conv {roofs['conv3x3']:.1f} GFLOP/s (NICE is compared with the matmul, Glow with the conv)\n"
+    )
     print(markdown_table(["model", "library", "GFLOP per step", "ms per step", "achieved GFLOP/s", "of roof"], rows))
 
 

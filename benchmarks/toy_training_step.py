@@ -29,7 +29,11 @@ RECIPES = ("nice_banana", "realnvp_banana", "glow_banana", "fm_banana")
 def build(recipe: str) -> tuple[torch.nn.Module, float, int]:
     """The recipe's flow, its learning rate and its batch size."""
     config = yaml.safe_load((CONFIGS / f"{recipe}.yaml").read_text())
-    return build_flow(config["model"]["flow"]), config["model"].get("lr", 1e-3), config["data"]["init_args"]["batch_size"]
+    return (
+        build_flow(config["model"]["flow"]),
+        config["model"].get("lr", 1e-3),
+        config["data"]["init_args"]["batch_size"],
+    )
 
 
 def training_call(recipe: str):
@@ -57,15 +61,25 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     built = {recipe: training_call(recipe) for recipe in args.recipes}
-    rates = interleaved_rates({r: step for r, (_, step) in built.items()}, items=1, repeats=args.repeats, warmup=5, inner=args.steps)
+    rates = interleaved_rates(
+        {r: step for r, (_, step) in built.items()}, items=1, repeats=args.repeats, warmup=5, inner=args.steps
+    )
     ms = {r: 1000 / rate for r, rate in rates.items()}
     reference = ms[args.recipes[0]]
     rows = [
-        [f"`configs/{r}.yaml`", type(flow).__name__, f"{n_parameters(flow):,}", f"{ms[r]:.1f}", f"{ms[r] / reference:.2f}x"]
+        [
+            f"`configs/{r}.yaml`",
+            type(flow).__name__,
+            f"{n_parameters(flow):,}",
+            f"{ms[r]:.1f}",
+            f"{ms[r] / reference:.2f}x",
+        ]
         for r, (flow, _) in built.items()
     ]
-    print(f"Banana training step (objective + backward + Adam), {machine_line(args.threads, with_normflows=False)}; "
-          f"median of {args.repeats} x {args.steps} steps, in turns\n")
+    print(
+        f"Banana training step (objective + backward + Adam), {machine_line(args.threads, with_normflows=False)}; "
+        f"median of {args.repeats} x {args.steps} steps, in turns\n"
+    )
     print(markdown_table(["recipe", "model", "parameters", "ms per step", f"relative to {args.recipes[0]}"], rows))
 
 

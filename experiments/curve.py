@@ -34,7 +34,11 @@ SNAPSHOT = re.compile(r"snapshot-(\d+(?:\.\d+)?)min\.ckpt")
 
 def snapshots(run: Path) -> list[tuple[float, Path]]:
     """``(minutes, path)`` of a run's snapshots, in time order."""
-    found = [(float(m.group(1)), p) for p in (run / "checkpoints").glob("snapshot-*min.ckpt") if (m := SNAPSHOT.fullmatch(p.name))]
+    found = [
+        (float(m.group(1)), p)
+        for p in (run / "checkpoints").glob("snapshot-*min.ckpt")
+        if (m := SNAPSHOT.fullmatch(p.name))
+    ]
     return sorted(found)
 
 
@@ -57,28 +61,48 @@ def _values(report: dict) -> dict:
     m = report["metrics"]
     inception, classifier = m["inception"], m["classifier"]
     return {
-        "bpd": m["bpd"]["value"], "bpd_images": m["bpd"]["images"], "temperature": report["settings"]["temperature"],
-        "inception_fid": inception["fid"], "inception_kid": inception["kid"], "precision": inception["precision"],
-        "recall": inception["recall"], "fid": classifier["fid"], "is": classifier["is"],
+        "bpd": m["bpd"]["value"],
+        "bpd_images": m["bpd"]["images"],
+        "temperature": report["settings"]["temperature"],
+        "inception_fid": inception["fid"],
+        "inception_kid": inception["kid"],
+        "precision": inception["precision"],
+        "recall": inception["recall"],
+        "fid": classifier["fid"],
+        "is": classifier["is"],
         "images_per_second": report["sampling"]["images_per_second"],
     }
 
 
 def table(rows: list[dict]) -> str:
     """The curve as markdown: each run's rows, then mean ± standard deviation per mark."""
-    header = ["run", "training time", "steps", "test bits/dim", "T (chosen on val)", "Inception FID", "Inception KID x 1e3",
-              "Inception precision / recall", "classifier FID", "classifier IS"]
+    header = [
+        "run",
+        "training time",
+        "steps",
+        "test bits/dim",
+        "T (chosen on val)",
+        "Inception FID",
+        "Inception KID x 1e3",
+        "Inception precision / recall",
+        "classifier FID",
+        "classifier IS",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in rows:
-        lines.append(f"| {r['run']} | {r['minutes']:g} min | {r['steps']:,} | {r['bpd']:.3f} | {r['temperature']:g} | "
-                     f"{r['inception_fid']:.1f} | {r['inception_kid'] * 1e3:.2f} | {r['precision']:.3f} / {r['recall']:.3f} | "
-                     f"{r['fid']:.1f} | {r['is']:.2f} |")
+        lines.append(
+            f"| {r['run']} | {r['minutes']:g} min | {r['steps']:,} | {r['bpd']:.3f} | {r['temperature']:g} | "
+            f"{r['inception_fid']:.1f} | {r['inception_kid'] * 1e3:.2f} | {r['precision']:.3f} / {r['recall']:.3f} | "
+            f"{r['fid']:.1f} | {r['is']:.2f} |"
+        )
     marks = sorted({r["minutes"] for r in rows})
     for minutes in marks:
         at = [r for r in rows if r["minutes"] == minutes]
         if len(at) > 1:
-            lines.append(f"| **mean ± sd of {len(at)}** | {minutes:g} min | | {_spread(at, 'bpd', 3)} | | "
-                         f"**{_spread(at, 'inception_fid', 1)}** | | | {_spread(at, 'fid', 1)} | {_spread(at, 'is', 2)} |")
+            lines.append(
+                f"| **mean ± sd of {len(at)}** | {minutes:g} min | | {_spread(at, 'bpd', 3)} | | "
+                f"**{_spread(at, 'inception_fid', 1)}** | | | {_spread(at, 'fid', 1)} | {_spread(at, 'is', 2)} |"
+            )
     return "\n".join(lines)
 
 
@@ -99,7 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--select-protocol", choices=("classifier", "inception"), default="inception")
     p.add_argument("--solver", choices=SOLVERS, help="ODE solver, for continuous flows")
     p.add_argument("--steps", type=int, help="ODE solver steps, for continuous flows")
-    p.add_argument("--likelihood-solver", choices=("auto", *SOLVERS), help="ODE solver of bits/dim, for continuous flows")
+    p.add_argument(
+        "--likelihood-solver", choices=("auto", *SOLVERS), help="ODE solver of bits/dim, for continuous flows"
+    )
     p.add_argument("--likelihood-steps", type=int, help="ODE solver steps of bits/dim, for continuous flows")
     p.add_argument("--data-dir", help="folder with the data (default $LGM_DATA_DIR)")
     args = p.parse_args(argv)
@@ -107,10 +133,21 @@ def main(argv: list[str] | None = None) -> None:
     if missing:
         p.error(f"no snapshot-<M>min.ckpt in {', '.join(missing)}: train with --snapshots.minutes [...]")
     settings = EvalSettings(
-        data=args.data, metrics=METRICS, n_samples=args.n_samples, inception_n=args.inception_n, reference="test",
-        bpd_images=args.bpd_images, figures=False, data_dir=args.data_dir, solver=args.solver, steps=args.steps,
-        likelihood_solver=args.likelihood_solver, likelihood_steps=args.likelihood_steps,
-        select_temperatures=TEMPERATURES, select_n=args.select_n, select_protocol=args.select_protocol,
+        data=args.data,
+        metrics=METRICS,
+        n_samples=args.n_samples,
+        inception_n=args.inception_n,
+        reference="test",
+        bpd_images=args.bpd_images,
+        figures=False,
+        data_dir=args.data_dir,
+        solver=args.solver,
+        steps=args.steps,
+        likelihood_solver=args.likelihood_solver,
+        likelihood_steps=args.likelihood_steps,
+        select_temperatures=TEMPERATURES,
+        select_n=args.select_n,
+        select_protocol=args.select_protocol,
     )
     print(table(evaluate_runs(args.runs, args.out, settings)))
 

@@ -20,9 +20,22 @@ from lgm.viz.figures import finish
 from lgm.viz.images import save_grid
 
 TINY_GLOW = [
-    "--data", "lgm.data.ImageDataModule", "--data.init_args.name", "digits",
-    "--model.flow", "lgm.flow.Glow", "--model.flow.init_args.shape", "[1, 8, 8]", "--model.flow.init_args.levels", "2",
-    "--model.flow.init_args.steps", "1", "--model.flow.init_args.hidden", "8", "--trainer.max_steps", "1",
+    "--data",
+    "lgm.data.ImageDataModule",
+    "--data.init_args.name",
+    "digits",
+    "--model.flow",
+    "lgm.flow.Glow",
+    "--model.flow.init_args.shape",
+    "[1, 8, 8]",
+    "--model.flow.init_args.levels",
+    "2",
+    "--model.flow.init_args.steps",
+    "1",
+    "--model.flow.init_args.hidden",
+    "8",
+    "--trainer.max_steps",
+    "1",
 ]
 
 
@@ -38,8 +51,11 @@ def files(tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("a file, not a folder")
     (tmp_path / "baddata").mkdir()
     np.savez(
-        tmp_path / "baddata" / "mnist.npz", x_train=np.zeros((50, 27, 28), np.uint8), y_train=np.zeros(50, np.uint8),
-        x_test=np.zeros((20, 28, 28), np.uint8), y_test=np.zeros(20, np.uint8),
+        tmp_path / "baddata" / "mnist.npz",
+        x_train=np.zeros((50, 27, 28), np.uint8),
+        y_train=np.zeros(50, np.uint8),
+        x_test=np.zeros((20, 28, 28), np.uint8),
+        y_test=np.zeros(20, np.uint8),
     )
     return tmp_path
 
@@ -62,13 +78,28 @@ CLI_CASES = [
     (["fit", *TINY_GLOW, "--data.init_args.name", "svhn"], "unknown image data set 'svhn'; choose one of"),
     (["train"], "unknown command 'train'; choose one of fit"),
     # data that does not fit the model, or files of the wrong shape
-    (["fit", *TINY_GLOW, "--model.flow.init_args.shape", "[1, 28, 28]", "--data.init_args.name", "mnist",
-      "--data.init_args.data_dir", "baddata"],
-     "x_train: expected images of shape [N, 1, 28, 28]"),
+    (
+        [
+            "fit",
+            *TINY_GLOW,
+            "--model.flow.init_args.shape",
+            "[1, 28, 28]",
+            "--data.init_args.name",
+            "mnist",
+            "--data.init_args.data_dir",
+            "baddata",
+        ],
+        "x_train: expected images of shape [N, 1, 28, 28]",
+    ),
     (["fit", *TINY_GLOW, "--model.flow.init_args.shape", "[1, 28, 28]"], "--model.flow.init_args.shape '[1, 8, 8]'"),
-    (["fit", "--model.flow", "lgm.flow.Glow", "--model.flow.init_args.shape", "[1, 8, 8]"],
-     "the model takes data of shape [1, 8, 8], but the data module gives [2]"),
-    (["fit", *TINY_GLOW, "--model.flow.init_args.n_classes", "3"], "class-conditional with 3 classes, but the data has 10"),
+    (
+        ["fit", "--model.flow", "lgm.flow.Glow", "--model.flow.init_args.shape", "[1, 8, 8]"],
+        "the model takes data of shape [1, 8, 8], but the data module gives [2]",
+    ),
+    (
+        ["fit", *TINY_GLOW, "--model.flow.init_args.n_classes", "3"],
+        "class-conditional with 3 classes, but the data has 10",
+    ),
     # missing, damaged and foreign files
     (["fit", "--ckpt_path", "missing.ckpt"], "no checkpoint or model file at 'missing.ckpt'"),
     (["fit", "--ckpt_path", "cut.pt"], "'cut.pt' is not a complete PyTorch file"),
@@ -90,9 +121,15 @@ CLI_CASES = [
     (["sample", "--ckpt", "toy.pt", "--out", "baddata.png/"], "it is a folder"),
     # evaluation
     (["evaluate", "--ckpt", "toy.pt", "--data", "mnist", "--metrics", "fidd"], "unknown metrics ['fidd']"),
-    (["evaluate", "--ckpt", "toy.pt", "--data", "mnist", "--metrics", "bpd"], "the model takes data of shape [2], but mnist"),
+    (
+        ["evaluate", "--ckpt", "toy.pt", "--data", "mnist", "--metrics", "bpd"],
+        "the model takes data of shape [2], but mnist",
+    ),
     (["evaluate", "--ckpt", "toy.pt", "--data", "svhn"], "unknown image data set 'svhn'"),
-    (["evaluate", "--ckpt", "toy.pt", "--data", "mnist", "--out", "afile/report.json"], "'afile' is a file, not a folder"),
+    (
+        ["evaluate", "--ckpt", "toy.pt", "--data", "mnist", "--out", "afile/report.json"],
+        "'afile' is a file, not a folder",
+    ),
     (["classifier", "fit", "--data", "mnist", "--out", "baddata"], "it is a folder; name a file in it"),
 ]
 
@@ -144,7 +181,10 @@ API_CASES = [
     (lambda: tiny_glow().log_prob([[0.5]]), "expected a torch.Tensor of shape [B, 1, 8, 8], got list"),
     (lambda: tiny_glow().bits_per_dim(torch.rand(2, 1, 8, 8)), "expected discrete images as integers 0..255"),
     (lambda: tiny_glow().bits_per_dim(torch.full((2, 1, 8, 8), 300)), "0..255"),
-    (lambda: tiny_glow().bits_per_dim(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), dequant_samples=0), "dequant_samples must be at least 1"),
+    (
+        lambda: tiny_glow().bits_per_dim(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), dequant_samples=0),
+        "dequant_samples must be at least 1",
+    ),
     (lambda: FlowModule(NiceFlow.toy(), lr=0), "need lr > 0"),
     (lambda: ImageDataModule(name="svhn"), "unknown image data set 'svhn'"),
     (lambda: ToyDataModule(name="donut"), "unknown toy density 'donut'"),

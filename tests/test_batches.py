@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from lgm.data import InMemoryBatches
-from lgm.data import modules
+from lgm.data import InMemoryBatches, modules
 
 
 def epoch(loader: InMemoryBatches, e: int) -> list[torch.Tensor]:
@@ -14,7 +13,10 @@ def epoch(loader: InMemoryBatches, e: int) -> list[torch.Tensor]:
 
 def test_order_depends_on_seed_and_epoch_only():
     data = torch.arange(100)
-    a, b = InMemoryBatches(data, batch_size=8, shuffle=True, seed=1), InMemoryBatches(data, batch_size=8, shuffle=True, seed=1)
+    a, b = (
+        InMemoryBatches(data, batch_size=8, shuffle=True, seed=1),
+        InMemoryBatches(data, batch_size=8, shuffle=True, seed=1),
+    )
     assert len(a) == 12  # the incomplete last batch is dropped
     first, second = epoch(a, 0), epoch(a, 1)
     assert torch.equal(torch.cat(epoch(b, 1)), torch.cat(second))  # b skipped epoch 0: same epoch-1 order

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from test_transforms import randomise
 
 from lgm.flow import Compose, Flow, NiceFlow, StandardLogistic, Transform, load, save
 from lgm.flow.discrete import dequantize, quantize, reduce_bits
 from lgm.flow.preprocess import Logit, Normalize, PadWithNoise
-from test_transforms import randomise
 
 SHAPE = (1, 4, 4)
 

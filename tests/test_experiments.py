@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_evaluate import fake_data
+from test_training_robustness import SteppingClock
 
 from experiments import curve
 from lgm.train import callbacks
 from lgm.train.cli import main
-from test_evaluate import fake_data
-from test_training_robustness import SteppingClock
 
 
 def test_curve_evaluates_each_snapshot_once_and_tabulates_them(tmp_path, monkeypatch, capsys):
@@ -18,15 +18,61 @@ def test_curve_evaluates_each_snapshot_once_and_tabulates_them(tmp_path, monkeyp
     monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(callbacks, "time", SteppingClock())
     data = fake_data(tmp_path, n_train=400)
-    main(["fit", "--data", "lgm.data.ImageDataModule", "--data.init_args.name", "fashion_mnist",
-          "--data.init_args.data_dir", str(data), "--data.init_args.batch_size", "60",
-          "--model.flow", "lgm.flow.Glow", "--model.flow.init_args.shape", "[1, 28, 28]", "--model.flow.init_args.levels", "1",
-          "--model.flow.init_args.steps", "1", "--model.flow.init_args.hidden", "4", "--model.init_samples", "60",
-          "--trainer.max_epochs", "1", "--snapshots.minutes", "[1, 2]", "--sample_grid.n", "4",
-          "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"])
+    main(
+        [
+            "fit",
+            "--data",
+            "lgm.data.ImageDataModule",
+            "--data.init_args.name",
+            "fashion_mnist",
+            "--data.init_args.data_dir",
+            str(data),
+            "--data.init_args.batch_size",
+            "60",
+            "--model.flow",
+            "lgm.flow.Glow",
+            "--model.flow.init_args.shape",
+            "[1, 28, 28]",
+            "--model.flow.init_args.levels",
+            "1",
+            "--model.flow.init_args.steps",
+            "1",
+            "--model.flow.init_args.hidden",
+            "4",
+            "--model.init_samples",
+            "60",
+            "--trainer.max_epochs",
+            "1",
+            "--snapshots.minutes",
+            "[1, 2]",
+            "--sample_grid.n",
+            "4",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+        ]
+    )
     (run,) = (tmp_path / "runs" / "lgm").iterdir()
-    args = [str(run), "--data", "fashion_mnist", "--data-dir", str(data), "--out", str(tmp_path / "curves"),
-            "--n-samples", "20", "--inception-n", "12", "--select-n", "20", "--select-protocol", "classifier", "--bpd-images", "10"]
+    args = [
+        str(run),
+        "--data",
+        "fashion_mnist",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(tmp_path / "curves"),
+        "--n-samples",
+        "20",
+        "--inception-n",
+        "12",
+        "--select-n",
+        "20",
+        "--select-protocol",
+        "classifier",
+        "--bpd-images",
+        "10",
+    ]
     capsys.readouterr()
     curve.main(args)
     printed = capsys.readouterr().out

@@ -32,8 +32,13 @@ def test_fit_flow_trains_saves_and_logs(tmp_path):
 
 def test_fit_flow_puts_its_run_under_default_root_dir(tmp_path):
     root = tmp_path / "root"
-    result = fit_flow(NiceFlow(2, hidden=16, depth=2), small_data(), steps=5, progress=False,
-                      trainer_args={"default_root_dir": str(root)})
+    result = fit_flow(
+        NiceFlow(2, hidden=16, depth=2),
+        small_data(),
+        steps=5,
+        progress=False,
+        trainer_args={"default_root_dir": str(root)},
+    )
     (run,) = (root / "lgm").iterdir()
     assert result.checkpoint == run / "checkpoints" / "last.ckpt"
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.ckpt"]  # and no epoch=*-step=*.ckpt
@@ -54,8 +59,9 @@ def test_fit_flow_resumes_exactly_from_its_run_folder(tmp_path, first):
     resumed = fit_flow(NiceFlow(2, hidden=16, depth=2), small_data(), steps=20, run_dir=tmp_path / "b", progress=False)
     again = fit_flow(NiceFlow(2, hidden=16, depth=2), small_data(), steps=20, run_dir=tmp_path / "b", progress=False)
     assert resumed.steps == again.steps == 20
-    for a, b, c in zip(straight.flow.state_dict().values(), resumed.flow.state_dict().values(),
-                       again.flow.state_dict().values()):
+    for a, b, c in zip(
+        straight.flow.state_dict().values(), resumed.flow.state_dict().values(), again.flow.state_dict().values()
+    ):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
         torch.testing.assert_close(a, c, rtol=0, atol=0)
 
@@ -85,7 +91,15 @@ def test_read_history_keeps_the_later_row_of_a_repeated_step(tmp_path):
 
 
 def test_fit_flow_gives_a_cosine_schedule_its_step_budget(tmp_path):
-    result = fit_flow(NiceFlow(2, hidden=16), small_data(), steps=12, run_dir=tmp_path, progress=False,
-                      lr=1e-3, schedule="cosine", min_lr=1e-5)
+    result = fit_flow(
+        NiceFlow(2, hidden=16),
+        small_data(),
+        steps=12,
+        run_dir=tmp_path,
+        progress=False,
+        lr=1e-3,
+        schedule="cosine",
+        min_lr=1e-5,
+    )
     state = torch.load(result.checkpoint, weights_only=False)["lr_schedulers"][0]
     assert state["last_epoch"] == 12 and state["_last_lr"][0] == pytest.approx(1e-5)

@@ -101,7 +101,14 @@ def test_missing_data_names_the_files_and_the_fixes(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         load_images("mnist", tmp_path / "nowhere")
     message = str(info.value)
-    for expected in ("does not exist", "mnist.npz", "train-images-idx3-ubyte", "MNIST/raw", "LGM_DATA_DIR", "download=True"):
+    for expected in (
+        "does not exist",
+        "mnist.npz",
+        "train-images-idx3-ubyte",
+        "MNIST/raw",
+        "LGM_DATA_DIR",
+        "download=True",
+    ):
         assert expected in message
 
 

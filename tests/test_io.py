@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_transforms import randomise
 
 from lgm.flow import Compose, Flow, NiceFlow, StandardGaussian, load, save
 from lgm.flow.io import CheckpointError, check_compatible, flow_spec
-from test_transforms import randomise
 
 
 def test_save_load_round_trip(tmp_path):
@@ -85,8 +85,15 @@ def test_flow_without_init_args_cannot_be_saved(tmp_path):
 
 
 FORMAT_1 = Path(__file__).parent / "fixtures" / "format1"
-FORMAT_1_FILES = ["nice_toy.pt", "realnvp_images.pt", "glow_classes.pt", "vector_glow.pt", "matching_vector.pt",
-                  "matching_images.pt", "nice_toy_fit.ckpt"]
+FORMAT_1_FILES = [
+    "nice_toy.pt",
+    "realnvp_images.pt",
+    "glow_classes.pt",
+    "vector_glow.pt",
+    "matching_vector.pt",
+    "matching_images.pt",
+    "nice_toy_fit.ckpt",
+]
 
 
 @pytest.mark.parametrize("name", FORMAT_1_FILES)

@@ -1,18 +1,18 @@
 """Flow matching: ODE solvers, the learned field against the closed form, likelihoods, and the surfaces."""
 
-import json
 import itertools
+import json
 import math
 
 import pytest
 import torch
 
-from lgm.data import ImageDataModule, ToyDataModule
+from lgm.data import ToyDataModule
 from lgm.evaluate import integrate_density
 from lgm.flow import FlowMatching, load, save
 from lgm.flow.io import CheckpointError
 from lgm.flow.matching import _ot_assignment
-from lgm.flow.ode import SOLVERS, odeint
+from lgm.flow.ode import odeint
 from lgm.train import fit_flow
 from lgm.train.cli import main
 
@@ -25,6 +25,7 @@ MEAN, STD = torch.tensor([1.0, -0.5]), 0.5
 @pytest.mark.parametrize("solver, order", [("euler", 1), ("midpoint", 2), ("heun", 2), ("rk4", 4)])
 def test_fixed_step_solvers_converge_at_their_order(solver, order):
     """dy/dt = y from t = 0 to 1: the error at t = 1 falls by 2**order when the steps double."""
+
     def error(steps):
         (y,), nfe = odeint(lambda t, s: (s[0],), (torch.ones(1, dtype=torch.float64),), 0.0, 1.0, solver, steps)
         return abs(y.item() - math.e), nfe
@@ -40,16 +41,26 @@ def test_solvers_integrate_backwards_in_time():
 
 
 def test_adaptive_dopri5_reaches_its_tolerance_and_counts_evaluations():
-    (y,), nfe = odeint(lambda t, s: (math.cos(t) * s[0],), (torch.ones(3, dtype=torch.float64),), 0.0, 2.0,
-                       "dopri5", rtol=1e-8, atol=1e-8)
+    (y,), nfe = odeint(
+        lambda t, s: (math.cos(t) * s[0],),
+        (torch.ones(3, dtype=torch.float64),),
+        0.0,
+        2.0,
+        "dopri5",
+        rtol=1e-8,
+        atol=1e-8,
+    )
     assert torch.allclose(y, torch.full_like(y, math.exp(math.sin(2.0))), atol=1e-6) and nfe > 6
 
 
-@pytest.mark.parametrize("solver, steps, message", [
-    ("rk5", 8, "unknown ODE solver 'rk5'; choose one of euler, midpoint, heun, rk4, dopri5"),
-    ("euler", 0, "positive integer"),
-    ("euler", 2.5, "positive integer"),
-])
+@pytest.mark.parametrize(
+    "solver, steps, message",
+    [
+        ("rk5", 8, "unknown ODE solver 'rk5'; choose one of euler, midpoint, heun, rk4, dopri5"),
+        ("euler", 0, "positive integer"),
+        ("euler", 2.5, "positive integer"),
+    ],
+)
 def test_bad_solver_names_and_step_counts_are_refused(solver, steps, message):
     with pytest.raises(ValueError, match=message):
         FlowMatching(2, solver=solver, steps=steps)
@@ -80,7 +91,11 @@ class GaussianData(ToyDataModule):
 
     def setup(self, stage=None):
         draw = lambda n, seed: MEAN + STD * torch.randn(n, 2, generator=torch.Generator().manual_seed(seed))  # noqa: E731
-        self.train_data, self.val_data, self.test_data = draw(self.n_train, 0), draw(self.n_val, 1), draw(self.n_test, 2)
+        self.train_data, self.val_data, self.test_data = (
+            draw(self.n_train, 0),
+            draw(self.n_val, 1),
+            draw(self.n_test, 2),
+        )
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +177,9 @@ def test_hutchinson_estimate_agrees_with_the_exact_divergence_within_its_error()
 def test_normalised_data_space_keeps_the_likelihood_exact(normalize, tmp_path):
     """An untrained field (zero velocity) on standardised data is the Gaussian of ``u = (y - 0.5 - mean) / std``:
     log p(y) must be log N(u; 0, I) - sum log std, with the statistics of the initialising batch."""
-    model = FlowMatching((1, 4, 4), n_bits=8, widths=(8, 8), embed=8, steps=4, likelihood_solver="rk4", normalize=normalize)
+    model = FlowMatching(
+        (1, 4, 4), n_bits=8, widths=(8, 8), embed=8, steps=4, likelihood_solver="rk4", normalize=normalize
+    )
     g = torch.Generator().manual_seed(3)
     batch = 0.2 + 0.5 * torch.rand(64, 1, 4, 4, generator=g)
     model.initialize(batch)
@@ -208,17 +225,44 @@ def test_class_conditional_model_needs_labels_and_saves_and_loads(tmp_path):
 
 def test_image_model_trains_validates_on_its_objective_and_tests_bits_per_dim(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    common = ["--model.flow", "lgm.flow.FlowMatching", "--model.flow.init_args.shape", "[1, 8, 8]",
-              "--model.flow.init_args.n_bits", "8", "--model.flow.init_args.widths", "[8, 8]",
-              "--model.flow.init_args.steps", "4", "--data", "lgm.data.ImageDataModule",
-              "--data.init_args.name", "digits", "--data.init_args.batch_size", "100",
-              "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-              "--trainer.log_every_n_steps", "1"]
+    common = [
+        "--model.flow",
+        "lgm.flow.FlowMatching",
+        "--model.flow.init_args.shape",
+        "[1, 8, 8]",
+        "--model.flow.init_args.n_bits",
+        "8",
+        "--model.flow.init_args.widths",
+        "[8, 8]",
+        "--model.flow.init_args.steps",
+        "4",
+        "--data",
+        "lgm.data.ImageDataModule",
+        "--data.init_args.name",
+        "digits",
+        "--data.init_args.batch_size",
+        "100",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--trainer.log_every_n_steps",
+        "1",
+    ]
     main(["fit", *common, "--trainer.max_epochs", "1", "--model.flow.init_args.coupling", "ot"])
     run = next((tmp_path / "runs" / "lgm").iterdir())
     metrics = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/fm", "val/fm", "val/loss"} <= set(metrics) and "val/bpd" not in metrics
-    main(["test", *common, "--model.flow.init_args.coupling", "ot", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    main(
+        [
+            "test",
+            *common,
+            "--model.flow.init_args.coupling",
+            "ot",
+            "--ckpt_path",
+            str(run / "checkpoints" / "last.ckpt"),
+        ]
+    )
     model = load(run / "checkpoints" / "last.ckpt")
     bpd = model.bits_per_dim(torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8))
     assert torch.isfinite(bpd).all() and model.sample(3, temperature=0.7).shape == (3, 1, 8, 8)
@@ -227,8 +271,21 @@ def test_image_model_trains_validates_on_its_objective_and_tests_bits_per_dim(tm
 
 def test_sample_command_takes_solver_and_steps_and_reports_the_cost(tmp_path, capsys):
     save(FlowMatching(2, hidden=8, depth=1), tmp_path / "fm.pt")
-    main(["sample", "--ckpt", str(tmp_path / "fm.pt"), "--n", "16", "--solver", "heun", "--steps", "3",
-          "--out", str(tmp_path / "s.png")])
+    main(
+        [
+            "sample",
+            "--ckpt",
+            str(tmp_path / "fm.pt"),
+            "--n",
+            "16",
+            "--solver",
+            "heun",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "s.png"),
+        ]
+    )
     assert "(6 velocity evaluations, heun x 3)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["sample", "--ckpt", str(tmp_path / "fm.pt"), "--steps", "0", "--out", str(tmp_path / "t.png")])
@@ -236,37 +293,83 @@ def test_sample_command_takes_solver_and_steps_and_reports_the_cost(tmp_path, ca
 
 
 def test_evaluate_reports_on_a_flow_matching_model(tmp_path, monkeypatch):
-    from lgm.evaluate.classifier import classifier_for, save_classifier
     from test_evaluate import fake_data
+
+    from lgm.evaluate.classifier import classifier_for, save_classifier
 
     monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path / "cache"))
     data = fake_data(tmp_path)
     save_classifier(classifier_for("fashion_mnist"), tmp_path / "classifier.pt")
-    save(FlowMatching((1, 28, 28), n_bits=8, widths=(8, 8), embed=8, steps=2, divergence="hutchinson"), tmp_path / "fm.pt")
+    save(
+        FlowMatching((1, 28, 28), n_bits=8, widths=(8, 8), embed=8, steps=2, divergence="hutchinson"),
+        tmp_path / "fm.pt",
+    )
     out = tmp_path / "report.json"
-    main(["evaluate", "--ckpt", str(tmp_path / "fm.pt"), "--data", "fashion_mnist", "--data-dir", str(data),
-          "--metrics", "bpd,fid", "--n-samples", "20", "--bpd-images", "10", "--solver", "midpoint", "--steps", "3",
-          "--likelihood-solver", "heun", "--likelihood-steps", "2", "--classifier-weights", str(tmp_path / "classifier.pt"), "--out", str(out)])
+    main(
+        [
+            "evaluate",
+            "--ckpt",
+            str(tmp_path / "fm.pt"),
+            "--data",
+            "fashion_mnist",
+            "--data-dir",
+            str(data),
+            "--metrics",
+            "bpd,fid",
+            "--n-samples",
+            "20",
+            "--bpd-images",
+            "10",
+            "--solver",
+            "midpoint",
+            "--steps",
+            "3",
+            "--likelihood-solver",
+            "heun",
+            "--likelihood-steps",
+            "2",
+            "--classifier-weights",
+            str(tmp_path / "classifier.pt"),
+            "--out",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
     assert math.isfinite(report["metrics"]["bpd"]["value"]) and math.isfinite(report["metrics"]["classifier"]["fid"])
     assert report["diagnostics"]["reconstruction_max_abs_error"] < 1e-3  # an untrained field: v = 0
     sampling = report["sampling"]
     assert (sampling["solver"], sampling["steps"], sampling["velocity_evaluations"]) == ("midpoint", 3, 6)
-    assert sampling["images"] == 20 and sampling["seconds"] == pytest.approx(20 / sampling["images_per_second"], abs=1e-3)
+    assert sampling["images"] == 20 and sampling["seconds"] == pytest.approx(
+        20 / sampling["images_per_second"], abs=1e-3
+    )
     assert report["settings"]["solver"] == "midpoint"
     bpd = report["metrics"]["bpd"]
     assert (bpd["solver"], bpd["steps"], bpd["divergence"], bpd["probes"]) == ("heun", 2, "hutchinson", 1)
 
 
 def test_evaluate_refuses_solver_options_for_a_coupling_flow(tmp_path, capsys):
-    from lgm.flow import NiceFlow
     from test_evaluate import fake_data
+
+    from lgm.flow import NiceFlow
 
     data = fake_data(tmp_path)
     save(NiceFlow((1, 28, 28), couplings=2, hidden=8, depth=1, n_bits=8), tmp_path / "nice.pt")
     with pytest.raises(SystemExit):
-        main(["evaluate", "--ckpt", str(tmp_path / "nice.pt"), "--data", "fashion_mnist", "--steps", "4",
-              "--data-dir", str(data), "--out", str(tmp_path / "r.json")])
+        main(
+            [
+                "evaluate",
+                "--ckpt",
+                str(tmp_path / "nice.pt"),
+                "--data",
+                "fashion_mnist",
+                "--steps",
+                "4",
+                "--data-dir",
+                str(data),
+                "--out",
+                str(tmp_path / "r.json"),
+            ]
+        )
     assert "continuous flows (FlowMatching) only, not to NiceFlow" in capsys.readouterr().err
 
 
@@ -280,7 +383,10 @@ def test_use_solver_keeps_the_old_solver_on_a_bad_value():
 
 
 def test_image_likelihoods_integrate_adaptively_by_default_apart_from_the_sampling_solver(tmp_path):
-    image, points = FlowMatching((1, 4, 4), n_bits=8, widths=(8, 8), steps=8), FlowMatching(2, hidden=8, depth=1, steps=8)
+    image, points = (
+        FlowMatching((1, 4, 4), n_bits=8, widths=(8, 8), steps=8),
+        FlowMatching(2, hidden=8, depth=1, steps=8),
+    )
     assert image.likelihood_integration == ("dopri5", 8) and points.likelihood_integration == ("rk4", 8)
     image.use_likelihood_solver("heun", 3)
     image.log_prob(torch.rand(2, 1, 4, 4))

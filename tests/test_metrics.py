@@ -65,7 +65,9 @@ def test_kid_on_whole_sets_is_the_unbiased_mmd():
 
 
 def test_kid_is_unbiased_for_equal_distributions_on_small_samples():
-    values = torch.tensor([kid(gaussian(20, 4, 2 * s), gaussian(20, 4, 2 * s + 1), subsets=1, subset_size=20)[0] for s in range(300)])
+    values = torch.tensor(
+        [kid(gaussian(20, 4, 2 * s), gaussian(20, 4, 2 * s + 1), subsets=1, subset_size=20)[0] for s in range(300)]
+    )
     stderr = values.std() / len(values) ** 0.5
     assert abs(values.mean()) < 3 * stderr
     # The biased (V-statistic) estimate would sit well above zero: the test can tell the difference.
@@ -74,7 +76,10 @@ def test_kid_is_unbiased_for_equal_distributions_on_small_samples():
 
 def test_kid_grows_with_the_distance_between_distributions():
     a = gaussian(300, 4, 0)
-    near, far = kid(a, gaussian(300, 4, 1, mean=0.2), subset_size=100)[0], kid(a, gaussian(300, 4, 2, mean=1.0), subset_size=100)[0]
+    near, far = (
+        kid(a, gaussian(300, 4, 1, mean=0.2), subset_size=100)[0],
+        kid(a, gaussian(300, 4, 2, mean=1.0), subset_size=100)[0],
+    )
     assert 0 < near < far
 
 

@@ -45,15 +45,21 @@ class PixelGaussianFlow(Flow):
     def __init__(self, shape: tuple[int, ...] = (1, 28, 28), n_bits: int = 8) -> None:
         shape = tuple(shape)
         preprocess, model_shape = make_preprocessing(shape, n_bits, "centered", None, None, None)
-        super().__init__(Compose(*preprocess, PixelAffine(model_shape)), StandardGaussian(model_shape), shape, n_bits=n_bits)
+        super().__init__(
+            Compose(*preprocess, PixelAffine(model_shape)), StandardGaussian(model_shape), shape, n_bits=n_bits
+        )
         self.init_args = {"shape": list(shape), "n_bits": n_bits}
 
 
 def fake_fashion(folder, n_train=300, n_test=60):
     rng = np.random.default_rng(0)
-    x = (rng.random((n_train + n_test, 28, 28)) < 0.3).astype(np.uint8) * rng.integers(100, 256, (n_train + n_test, 28, 28), dtype=np.uint8)
+    x = (rng.random((n_train + n_test, 28, 28)) < 0.3).astype(np.uint8) * rng.integers(
+        100, 256, (n_train + n_test, 28, 28), dtype=np.uint8
+    )
     y = rng.integers(0, 10, n_train + n_test)
-    np.savez(folder / "fashion_mnist.npz", x_train=x[:n_train], y_train=y[:n_train], x_test=x[n_train:], y_test=y[n_train:])
+    np.savez(
+        folder / "fashion_mnist.npz", x_train=x[:n_train], y_train=y[:n_train], x_test=x[n_train:], y_test=y[n_train:]
+    )
     return folder
 
 
@@ -61,12 +67,35 @@ def test_a_family_defined_outside_the_package_trains_samples_evaluates_and_check
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path / "cache"))
     data = fake_fashion(tmp_path)
-    main([
-        "fit", "--model.flow", f"{__name__}.PixelGaussianFlow", "--model.flow.init_args.shape", "[1, 28, 28]", "--model.lr", "1e-2",
-        "--data", "lgm.data.ImageDataModule", "--data.init_args.name", "fashion_mnist", "--data.init_args.data_dir", str(data),
-        "--data.init_args.val_size", "50", "--data.init_args.batch_size", "50", "--trainer.max_epochs", "2",
-        "--sample_grid.n", "4", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-    ])
+    main(
+        [
+            "fit",
+            "--model.flow",
+            f"{__name__}.PixelGaussianFlow",
+            "--model.flow.init_args.shape",
+            "[1, 28, 28]",
+            "--model.lr",
+            "1e-2",
+            "--data",
+            "lgm.data.ImageDataModule",
+            "--data.init_args.name",
+            "fashion_mnist",
+            "--data.init_args.data_dir",
+            str(data),
+            "--data.init_args.val_size",
+            "50",
+            "--data.init_args.batch_size",
+            "50",
+            "--trainer.max_epochs",
+            "2",
+            "--sample_grid.n",
+            "4",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_model_summary",
+            "false",
+        ]
+    )
     (run,) = (tmp_path / "runs" / "lgm").iterdir()
     with open(run / "metrics.csv") as f:
         header, *rows = [line.strip().split(",") for line in f]
@@ -79,8 +108,25 @@ def test_a_family_defined_outside_the_package_trains_samples_evaluates_and_check
 
     weights = tmp_path / "classifier.pt"
     save_classifier(classifier_for("fashion_mnist"), weights)
-    main(["evaluate", "--ckpt", str(last), "--data", "fashion_mnist", "--data-dir", str(data), "--metrics", "bpd,fid",
-          "--n-samples", "40", "--classifier-weights", str(weights), "--out", "report.json"])
+    main(
+        [
+            "evaluate",
+            "--ckpt",
+            str(last),
+            "--data",
+            "fashion_mnist",
+            "--data-dir",
+            str(data),
+            "--metrics",
+            "bpd,fid",
+            "--n-samples",
+            "40",
+            "--classifier-weights",
+            str(weights),
+            "--out",
+            "report.json",
+        ]
+    )
     report = json.loads((tmp_path / "report.json").read_text())
     assert math.isfinite(report["metrics"]["bpd"]["value"]) and math.isfinite(report["metrics"]["classifier"]["fid"])
     assert report["diagnostics"]["reconstruction_max_abs_error"] < 1e-4

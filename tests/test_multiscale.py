@@ -261,7 +261,13 @@ def test_gaussian_log_prob_matches_torch_distributions():
 
 def test_decode_names_the_latent_shapes_it_needs():
     model = tiny_glow()
-    with pytest.raises(ValueError, match=r"one tensor \[B, \*s\] per level for s in \[\(2, 2, 2\), \(8, 1, 1\)\].*got \[\(2, 2, 2\), \(4, 1, 1\)\]"):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"one tensor \[B, \*s\] per level for s in \[\(2, 2, 2\), \(8, 1, 1\)\].*got \[\(2, 2, 2\), "
+            r"\(4, 1, 1\)\]"
+        ),
+    ):
         model.decode(Latent([torch.zeros(1, 2, 2, 2), torch.zeros(1, 4, 1, 1)]))
     with pytest.raises(ValueError, match="got list"):
         model.decode([torch.zeros(1, 2, 2, 2), torch.zeros(1, 8, 1, 1)])

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import IMAGE_RUN, run_cli
 
 from lgm.train.fit import read_history
-
-from cli_runs import IMAGE_RUN, run_cli
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
@@ -25,22 +24,68 @@ QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summa
 # each, a periodic checkpoint every 5 steps, a warmup and cosine schedule, stopped by max_steps (the
 # stopping rule under which Lightning resumes end-of-epoch checkpoints one epoch off).
 TOY_RUN = [
-    "--config", str(Path(__file__).parents[1] / "configs" / "nice_banana.yaml"), "--seed_everything", "7",
-    "--data.init_args.n_train", "4608", "--data.init_args.n_val", "1024", "--data.init_args.n_test", "1024",
-    "--toy_diagnostics.n_kl", "1000", "--periodic_checkpoint.every_n_train_steps", "5",
-    "--model.warmup_steps", "7", "--model.schedule", "cosine", "--trainer.max_steps", "40",
-    "--trainer.log_every_n_steps", "1", *QUIET,
+    "--config",
+    str(Path(__file__).parents[1] / "configs" / "nice_banana.yaml"),
+    "--seed_everything",
+    "7",
+    "--data.init_args.n_train",
+    "4608",
+    "--data.init_args.n_val",
+    "1024",
+    "--data.init_args.n_test",
+    "1024",
+    "--toy_diagnostics.n_kl",
+    "1000",
+    "--periodic_checkpoint.every_n_train_steps",
+    "5",
+    "--model.warmup_steps",
+    "7",
+    "--model.schedule",
+    "cosine",
+    "--trainer.max_steps",
+    "40",
+    "--trainer.log_every_n_steps",
+    "1",
+    *QUIET,
 ]
 
 # Flow matching (EMA on, as for every image model) on the 8x8 digits: 13 steps per epoch, max_steps 20.
 MATCHING_RUN = [
-    "--data", "lgm.data.ImageDataModule", "--data.init_args.name", "digits", "--data.init_args.batch_size", "100",
-    "--model.flow", "lgm.flow.FlowMatching", "--model.flow.init_args.shape", "[1, 8, 8]",
-    "--model.flow.init_args.n_bits", "5", "--model.flow.init_args.widths", "[8, 16]",
-    "--model.flow.init_args.embed", "16", "--model.flow.init_args.steps", "2", "--model.lr", "3e-3",
-    "--model.warmup_steps", "4", "--ema.decay", "0.9", "--periodic_checkpoint.every_n_train_steps", "5",
-    "--sample_grid.n", "4", "--sample_grid.temperatures", "[1.0]", "--trainer.max_steps", "20",
-    "--trainer.log_every_n_steps", "1", *QUIET,
+    "--data",
+    "lgm.data.ImageDataModule",
+    "--data.init_args.name",
+    "digits",
+    "--data.init_args.batch_size",
+    "100",
+    "--model.flow",
+    "lgm.flow.FlowMatching",
+    "--model.flow.init_args.shape",
+    "[1, 8, 8]",
+    "--model.flow.init_args.n_bits",
+    "5",
+    "--model.flow.init_args.widths",
+    "[8, 16]",
+    "--model.flow.init_args.embed",
+    "16",
+    "--model.flow.init_args.steps",
+    "2",
+    "--model.lr",
+    "3e-3",
+    "--model.warmup_steps",
+    "4",
+    "--ema.decay",
+    "0.9",
+    "--periodic_checkpoint.every_n_train_steps",
+    "5",
+    "--sample_grid.n",
+    "4",
+    "--sample_grid.temperatures",
+    "[1.0]",
+    "--trainer.max_steps",
+    "20",
+    "--trainer.log_every_n_steps",
+    "1",
+    *QUIET,
 ]
 
 RUNS = {"toy": (TOY_RUN, 40), "glow": (IMAGE_RUN, 26), "matching": (MATCHING_RUN, 20)}
@@ -82,7 +127,9 @@ def uninterrupted(tmp_path_factory):
 def test_an_interrupted_run_resumes_exactly(tmp_path, uninterrupted, family, signal, step, resume_from, saved_step):
     args, final_step = RUNS[family]
     stopper = json.dumps({"class_path": "training_probes.SignalAtStep", "init_args": {"step": step, "signal": signal}})
-    stopped = run_cli(["fit", *args, f"--trainer.callbacks+={stopper}"], tmp_path, returncode=-9 if signal == "SIGKILL" else 143)
+    stopped = run_cli(
+        ["fit", *args, f"--trainer.callbacks+={stopper}"], tmp_path, returncode=-9 if signal == "SIGKILL" else 143
+    )
     run = the_run(tmp_path)
     (checkpoint,) = sorted((run / "checkpoints").glob(resume_from))
     held = torch.load(checkpoint, weights_only=True)["global_step"]

@@ -65,9 +65,7 @@ def test_prior_density_integrates_to_one(prior_cls):
     assert abs(float(integral) - 1) < 1e-8
 
 
-@pytest.mark.parametrize(
-    "name, std", [("gaussian", 1.0), ("logistic", math.pi / math.sqrt(3))]
-)
+@pytest.mark.parametrize("name, std", [("gaussian", 1.0), ("logistic", math.pi / math.sqrt(3))])
 @pytest.mark.parametrize("temperature", [1.0, 0.5])
 def test_samples_have_the_right_spread(name, std, temperature):
     torch.manual_seed(0)

@@ -14,7 +14,15 @@ NAMES = sorted(toy.TOY_DENSITIES)
 
 
 def test_all_course_densities_are_there():
-    assert set(NAMES) == {"banana", "two_moons", "circles", "eight_gaussians", "checkerboard", "two_spirals", "pinwheel"}
+    assert set(NAMES) == {
+        "banana",
+        "two_moons",
+        "circles",
+        "eight_gaussians",
+        "checkerboard",
+        "two_spirals",
+        "pinwheel",
+    }
 
 
 @pytest.mark.parametrize("name", NAMES)

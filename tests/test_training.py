@@ -13,12 +13,12 @@ import lightning as L
 import pytest
 import torch
 import yaml
+from test_images import SHARED_DATA, needs_shared_data
 
 from lgm.data import ToyDataModule, toy
 from lgm.flow import Glow, NiceFlow, load, save
 from lgm.train import FlowModule
 from lgm.train.cli import main
-from test_images import SHARED_DATA, needs_shared_data
 
 
 def test_short_training_reaches_the_banana_entropy(tmp_path):
@@ -27,8 +27,13 @@ def test_short_training_reaches_the_banana_entropy(tmp_path):
     data = ToyDataModule("banana", n_train=20_000, n_val=2_000, n_test=20_000, batch_size=256)
     module = FlowModule(NiceFlow.toy(), lr=2e-3)
     trainer = L.Trainer(
-        max_steps=1500, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path,
+        max_steps=1500,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
     )
     trainer.fit(module, datamodule=data)
     test_nll = trainer.test(module, datamodule=data, verbose=False)[0]["test/nll"]
@@ -44,10 +49,26 @@ def test_a_flow_that_cannot_be_saved_is_refused_before_training():
 
 
 TINY = [
-    "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-    "--data.init_args.n_train", "2048", "--data.init_args.n_val", "512", "--data.init_args.n_test", "512",
-    "--data.init_args.batch_size", "256", "--model.flow.init_args.hidden", "16",
-    "--toy_diagnostics.n_kl", "2000", "--toy_diagnostics.n_samples", "500",
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
+    "--data.init_args.n_train",
+    "2048",
+    "--data.init_args.n_val",
+    "512",
+    "--data.init_args.n_test",
+    "512",
+    "--data.init_args.batch_size",
+    "256",
+    "--model.flow.init_args.hidden",
+    "16",
+    "--toy_diagnostics.n_kl",
+    "2000",
+    "--toy_diagnostics.n_samples",
+    "500",
 ]
 
 
@@ -158,7 +179,9 @@ def test_cli_test_subcommand_reports_test_nll(tmp_path, monkeypatch, capsys):
 def test_console_script_is_installed():
     result = subprocess.run(
         [sys.executable, "-c", "from lgm.train.cli import main; main()", "fit", "--print_config"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "class_path: lgm.flow.NiceFlow" in result.stdout
@@ -166,13 +189,38 @@ def test_console_script_is_installed():
 
 
 DIGITS = [
-    "--data", "lgm.data.ImageDataModule", "--data.init_args.name", "digits", "--data.init_args.batch_size", "100",
-    "--model.flow", "lgm.flow.NiceFlow", "--model.flow.init_args.shape", "[1, 8, 8]",
-    "--model.flow.init_args.n_bits", "8", "--model.flow.init_args.prior", "logistic",
-    "--model.flow.init_args.logit_alpha", "0.05", "--model.flow.init_args.normalize", "global",
-    "--model.flow.init_args.hidden", "32", "--model.dequant_samples", "3",
-    "--sample_grid.temperatures", "[0.5, 1.0]", "--sample_grid.n", "16",
-    "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+    "--data",
+    "lgm.data.ImageDataModule",
+    "--data.init_args.name",
+    "digits",
+    "--data.init_args.batch_size",
+    "100",
+    "--model.flow",
+    "lgm.flow.NiceFlow",
+    "--model.flow.init_args.shape",
+    "[1, 8, 8]",
+    "--model.flow.init_args.n_bits",
+    "8",
+    "--model.flow.init_args.prior",
+    "logistic",
+    "--model.flow.init_args.logit_alpha",
+    "0.05",
+    "--model.flow.init_args.normalize",
+    "global",
+    "--model.flow.init_args.hidden",
+    "32",
+    "--model.dequant_samples",
+    "3",
+    "--sample_grid.temperatures",
+    "[0.5, 1.0]",
+    "--sample_grid.n",
+    "16",
+    "--trainer.max_epochs",
+    "2",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.enable_model_summary",
+    "false",
 ]
 
 
@@ -227,20 +275,56 @@ def test_nice_mnist_recipe_runs_on_the_shared_data(tmp_path, monkeypatch, capsys
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LGM_DATA_DIR", str(SHARED_DATA))
     config = Path(__file__).parents[1] / "configs" / "nice_mnist.yaml"
-    main([
-        "fit", "--config", str(config), "--model.flow.init_args.hidden", "16", "--trainer.max_steps", "3",
-        "--trainer.limit_val_batches", "2", "--trainer.enable_progress_bar", "false",
-    ])
+    main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--model.flow.init_args.hidden",
+            "16",
+            "--trainer.max_steps",
+            "3",
+            "--trainer.limit_val_batches",
+            "2",
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     last = run_dir(tmp_path) / "checkpoints" / "last.ckpt"
-    main(["test", "--config", str(config), "--model.flow.init_args.hidden", "16", "--trainer.limit_test_batches", "2",
-          "--trainer.enable_progress_bar", "false", "--ckpt_path", str(last)])
+    main(
+        [
+            "test",
+            "--config",
+            str(config),
+            "--model.flow.init_args.hidden",
+            "16",
+            "--trainer.limit_test_batches",
+            "2",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--ckpt_path",
+            str(last),
+        ]
+    )
     assert "test/bpd" in capsys.readouterr().out
 
 
 def test_sample_command_draws_images_and_points(tmp_path, capsys):
     image_model = NiceFlow(shape=(1, 8, 8), hidden=8, depth=1, n_bits=5, logit_alpha=0.05)
     save(image_model, tmp_path / "images.pt")
-    main(["sample", "--ckpt", str(tmp_path / "images.pt"), "--n", "9", "--temperature", "0.7", "--out", str(tmp_path / "grid.png")])
+    main(
+        [
+            "sample",
+            "--ckpt",
+            str(tmp_path / "images.pt"),
+            "--n",
+            "9",
+            "--temperature",
+            "0.7",
+            "--out",
+            str(tmp_path / "grid.png"),
+        ]
+    )
     assert "wrote 9 samples at temperature 0.7" in capsys.readouterr().out
     from PIL import Image
 
@@ -249,7 +333,19 @@ def test_sample_command_draws_images_and_points(tmp_path, capsys):
     conditional = Glow(shape=(1, 4, 4), levels=1, steps=1, hidden=4, n_classes=3)
     conditional.initialize(torch.rand(8, 1, 4, 4), torch.arange(8) % 3)
     save(conditional, tmp_path / "conditional.pt")
-    main(["sample", "--ckpt", str(tmp_path / "conditional.pt"), "--n", "4", "--labels", "2", "--out", str(tmp_path / "c.png")])
+    main(
+        [
+            "sample",
+            "--ckpt",
+            str(tmp_path / "conditional.pt"),
+            "--n",
+            "4",
+            "--labels",
+            "2",
+            "--out",
+            str(tmp_path / "c.png"),
+        ]
+    )
     assert (tmp_path / "c.png").is_file()
 
     save(NiceFlow.toy(), tmp_path / "toy.pt")
@@ -267,12 +363,36 @@ def test_sample_command_reports_a_bad_checkpoint(tmp_path, capsys):
 def test_cli_trains_a_class_conditional_glow(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     args = [
-        "--data", "lgm.data.ImageDataModule", "--data.init_args.name", "digits", "--data.init_args.batch_size", "100",
-        "--model.flow", "lgm.flow.Glow", "--model.flow.init_args.shape", "[1, 8, 8]",
-        "--model.flow.init_args.levels", "2", "--model.flow.init_args.steps", "2", "--model.flow.init_args.hidden", "16",
-        "--model.flow.init_args.n_classes", "10", "--model.init_samples", "256",
-        "--sample_grid.temperatures", "[0.7]", "--sample_grid.n", "20",
-        "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--data",
+        "lgm.data.ImageDataModule",
+        "--data.init_args.name",
+        "digits",
+        "--data.init_args.batch_size",
+        "100",
+        "--model.flow",
+        "lgm.flow.Glow",
+        "--model.flow.init_args.shape",
+        "[1, 8, 8]",
+        "--model.flow.init_args.levels",
+        "2",
+        "--model.flow.init_args.steps",
+        "2",
+        "--model.flow.init_args.hidden",
+        "16",
+        "--model.flow.init_args.n_classes",
+        "10",
+        "--model.init_samples",
+        "256",
+        "--sample_grid.temperatures",
+        "[0.7]",
+        "--sample_grid.n",
+        "20",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
     ]
     main(["fit", *args])
     run = run_dir(tmp_path)

@@ -8,9 +8,10 @@ import math
 import re
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 import pytest
 import torch
+from cli_runs import IMAGE_RUN, run_cli
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lgm.data import ImageDataModule, ToyDataModule, toy
 from lgm.flow import Glow, NiceFlow, load
@@ -18,16 +19,19 @@ from lgm.flow.coupling import AffineCoupling
 from lgm.flow.layers import ActNorm, InvConv1x1
 from lgm.train import FlowEMA, FlowModule, TrainingDiverged
 from lgm.train.checkpoint_io import AtomicCheckpointIO
-from lgm.train.ema import ema_with_warmup
 from lgm.train.cli import main
+from lgm.train.ema import ema_with_warmup
 from lgm.train.optim import OPTIMIZERS, lr_factor, make_optimizer, parameter_groups
 
-from cli_runs import IMAGE_RUN, run_cli
 
 def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
     args = dict(
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=tmp_path, use_distributed_sampler=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        use_distributed_sampler=False,
     )
     return L.Trainer(**{**args, **kwargs})
 
@@ -51,7 +55,9 @@ def test_weight_decay_spares_the_flow_s_own_parameters():
     nice = NiceFlow.toy()
     decayed, spared = parameter_groups(nice, 1e-4)
     assert decayed["weight_decay"] == 1e-4 and spared["weight_decay"] == 0.0
-    assert any(p is nice.scaling.h for p in spared["params"]) and not any(p is nice.scaling.h for p in decayed["params"])
+    assert any(p is nice.scaling.h for p in spared["params"]) and not any(
+        p is nice.scaling.h for p in decayed["params"]
+    )
     assert len(decayed["params"]) == 4 * 4 * 2  # 4 couplings x 4 linear layers x (weight, bias)
 
     glow = tiny_glow()
@@ -65,7 +71,15 @@ def test_weight_decay_spares_the_flow_s_own_parameters():
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "adamax"])
 def test_optimizer_and_schedule_switches(tmp_path, name):
-    module = FlowModule(NiceFlow.toy(hidden=8), lr=1e-2, optimizer=name, weight_decay=1e-3, warmup_steps=3, schedule="cosine", min_lr=1e-3)
+    module = FlowModule(
+        NiceFlow.toy(hidden=8),
+        lr=1e-2,
+        optimizer=name,
+        weight_decay=1e-3,
+        warmup_steps=3,
+        schedule="cosine",
+        min_lr=1e-3,
+    )
     data = ToyDataModule(n_train=512, n_val=64, n_test=64, batch_size=64)
     trainer = quiet_trainer(tmp_path, max_steps=10, limit_val_batches=0)
     trainer.fit(module, datamodule=data)
@@ -127,7 +141,9 @@ class StepRecorder(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         same_weights = all(torch.equal(a, p) for a, p in zip(self.before, module.parameters()))
         state = trainer.optimizers[0].state
-        same_moments = all(m is None or torch.equal(m, state[p]["exp_avg"]) for m, p in zip(self.moments, module.parameters()))
+        same_moments = all(
+            m is None or torch.equal(m, state[p]["exp_avg"]) for m, p in zip(self.moments, module.parameters())
+        )
         self.steps.append((bool(torch.isfinite(module._last_loss)), same_weights, same_moments))
 
 
@@ -155,7 +171,12 @@ def test_steps_that_keep_failing_stop_training_with_a_clear_message(tmp_path):
         trainer.fit(module, datamodule=ToyDataModule(n_train=1024, n_val=64, n_test=64, batch_size=128))
     message = str(error.value)
     assert "3 steps in a row" in message and "step 2" in message and error.value.step == 2
-    assert "DiagonalScaling" in message and "--model.lr" in message and "sigmoid" in message and "gradient_clip_val" in message
+    assert (
+        "DiagonalScaling" in message
+        and "--model.lr" in message
+        and "sigmoid" in message
+        and "gradient_clip_val" in message
+    )
     assert all(torch.equal(start[k], v) for k, v in flow.state_dict().items())
 
 
@@ -163,7 +184,9 @@ def test_a_checkpoint_with_non_finite_weights_is_refused():
     module = FlowModule(NiceFlow.toy(hidden=8))
     state = {"state_dict": {k: v.clone() for k, v in module.state_dict().items()}}
     state["state_dict"]["flow.transform.transforms.5.h"][0] = float("nan")
-    with pytest.raises(TrainingDiverged, match="refusing to write a checkpoint with non-finite weights.*transforms.5.h"):
+    with pytest.raises(
+        TrainingDiverged, match="refusing to write a checkpoint with non-finite weights.*transforms.5.h"
+    ):
         module.on_save_checkpoint(state)
 
 
@@ -185,13 +208,22 @@ def test_ema_is_on_for_images_and_is_what_checkpoints_and_validation_see(tmp_pat
     saver = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=6, save_top_k=0, save_last=True)
     module = FlowModule(tiny_glow(), lr=1e-2, init_samples=256)
     trainer = L.Trainer(
-        max_steps=6, logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-        callbacks=[ema, saver], use_distributed_sampler=False, num_sanity_val_steps=0, limit_val_batches=0,
+        max_steps=6,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[ema, saver],
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
     )
     trainer.fit(module, datamodule=ImageDataModule("digits", batch_size=100))
     assert ema.active and int(ema._average_model.n_averaged) == 7  # the initialised model + 6 steps
     average = ema.average_flow.state_dict()
-    assert all(torch.equal(average[k], v) for k, v in module.flow.state_dict().items())  # the module ends as the average
+    assert all(
+        torch.equal(average[k], v) for k, v in module.flow.state_dict().items()
+    )  # the module ends as the average
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)  # written at step 6, during training
     assert all(torch.equal(average[k], v) for k, v in load(tmp_path / "last.ckpt").state_dict().items())
     raw = checkpoint["current_model_state"]
@@ -263,7 +295,6 @@ def test_compiled_networks_give_the_same_loss():
 
 
 # -- checkpoints on the command line --------------------------------------------------------------------
-
 
 
 def test_a_truncated_or_incompatible_checkpoint_is_refused_clearly(tmp_path, monkeypatch, capsys):
@@ -351,8 +382,18 @@ def test_snapshots_keep_checkpoints_at_training_time_marks_and_resume_their_cloc
     # Resumed from the 3-minute snapshot (in the same run folder), the clock goes on from there: no
     # mark is taken twice.
     written = {m: (folder / f"snapshot-{m}min.ckpt").stat().st_mtime_ns for m in (1, 3)}
-    main(["fit", *IMAGE_RUN, "--trainer.max_epochs", "2", "--snapshots.minutes", "[1, 3, 6, 1000]",
-          "--ckpt_path", str(folder / "snapshot-3min.ckpt")])
+    main(
+        [
+            "fit",
+            *IMAGE_RUN,
+            "--trainer.max_epochs",
+            "2",
+            "--snapshots.minutes",
+            "[1, 3, 6, 1000]",
+            "--ckpt_path",
+            str(folder / "snapshot-3min.ckpt"),
+        ]
+    )
     assert list((tmp_path / "runs" / "lgm").iterdir()) == [run]
     assert (folder / "snapshot-6min.ckpt").is_file()
     assert {m: (folder / f"snapshot-{m}min.ckpt").stat().st_mtime_ns for m in (1, 3)} == written

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
-from functools import partial
-
 from lgm.flow import (
-    ActNorm, AdditiveCoupling, AffineCoupling, AffineVectorCoupling, ChannelPermutation, Compose, DiagonalScaling,
-    Glow, InvConv1x1, NiceFlow, Reshape, SCALE_MAPS, Squeeze, VectorGlow, VectorRealNVP, check_invertible, jacobian_logdet, mlp,
+    SCALE_MAPS,
+    ActNorm,
+    AdditiveCoupling,
+    AffineCoupling,
+    AffineVectorCoupling,
+    ChannelPermutation,
+    Compose,
+    DiagonalScaling,
+    Glow,
+    InvConv1x1,
+    NiceFlow,
+    Reshape,
+    Squeeze,
+    VectorGlow,
+    VectorRealNVP,
+    check_invertible,
+    jacobian_logdet,
+    mlp,
 )
 from lgm.flow.base import data_initialization
 from lgm.flow.nets import glow_net, resnet
@@ -81,7 +97,9 @@ TRANSFORMS = {
     "vector-realnvp": lambda: VectorRealNVP(shape=DIM, couplings=4, hidden=8).transform,
     **{
         f"vector-glow-{permutation}": (
-            lambda permutation=permutation: initialized_net(VectorGlow(DIM, 3, hidden=8, permutation=permutation).transform, (DIM,))
+            lambda permutation=permutation: initialized_net(
+                VectorGlow(DIM, 3, hidden=8, permutation=permutation).transform, (DIM,)
+            )
         )
         for permutation in ("conv_lu", "conv", "shuffle")
     },
@@ -91,9 +109,11 @@ TRANSFORMS = {
     "logit-alpha0": lambda: Logit(0.0),
     "normalize-global": lambda: initialized(Normalize((DIM,), "global")),
     "normalize-per_pixel": lambda: initialized(Normalize((DIM,), "per_pixel")),
-    "nice-image-preprocessing": lambda: initialized_flow(
-        NiceFlow(shape=(1, 2, 3), hidden=8, depth=2, n_bits=8, logit_alpha=0.05, normalize="per_pixel")
-    ).transform,
+    "nice-image-preprocessing": lambda: (
+        initialized_flow(
+            NiceFlow(shape=(1, 2, 3), hidden=8, depth=2, n_bits=8, logit_alpha=0.05, normalize="per_pixel")
+        ).transform
+    ),
 }
 
 IMAGE_TRANSFORMS = {
@@ -105,18 +125,26 @@ IMAGE_TRANSFORMS = {
     "permutation-reverse": (lambda: ChannelPermutation(4, "reverse"), (4, 4, 4)),
     "permutation-shuffle": (lambda: ChannelPermutation(4, "shuffle", seed=3), (4, 4, 4)),
     **{
-        f"affine-channel-{scale}-p{parity}": (lambda scale=scale, parity=parity: image_coupling(4, "channel", parity, scale), (4, 4, 4))
+        f"affine-channel-{scale}-p{parity}": (
+            lambda scale=scale, parity=parity: image_coupling(4, "channel", parity, scale),
+            (4, 4, 4),
+        )
         for scale in SCALE_MAPS
         for parity in (0, 1)
     },
     **{
-        f"affine-checkerboard-p{parity}": (lambda parity=parity: image_coupling(3, "checkerboard", parity, "softclamp", net="resnet"), (3, 4, 4))
+        f"affine-checkerboard-p{parity}": (
+            lambda parity=parity: image_coupling(3, "checkerboard", parity, "softclamp", net="resnet"),
+            (3, 4, 4),
+        )
         for parity in (0, 1)
     },
     "additive-channel": (lambda: image_coupling(4, "channel", 0, affine=False), (4, 4, 4)),
     "additive-checkerboard": (lambda: image_coupling(1, "checkerboard", 1, affine=False), (1, 4, 4)),
     "glow-steps": (
-        lambda: initialized_net(Compose(Squeeze(), ActNorm(4), InvConv1x1(4), image_coupling(4, "channel", 0)), (1, 4, 4)),
+        lambda: initialized_net(
+            Compose(Squeeze(), ActNorm(4), InvConv1x1(4), image_coupling(4, "channel", 0)), (1, 4, 4)
+        ),
         (1, 4, 4),
     ),
 }
@@ -181,7 +209,9 @@ def test_scaling_starts_as_identity_where_the_map_allows():
             torch.testing.assert_close(layer.log_scale(), torch.zeros(DIM), atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("builder", [partial(glow_net, hidden=8), partial(resnet, hidden=8, blocks=1)], ids=["glow", "resnet"])
+@pytest.mark.parametrize(
+    "builder", [partial(glow_net, hidden=8), partial(resnet, hidden=8, blocks=1)], ids=["glow", "resnet"]
+)
 def test_channels_last_net_computes_the_plain_sequential_map(builder):
     """The fast path (NHWC layout, conv + actnorm as one convolution, zero conv folded) is the same
     function as the layers run one by one in NCHW, with the same gradients and state-dict keys."""

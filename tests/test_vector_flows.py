@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_transforms import randomise
 
 from lgm.evaluate import integrate_density
 from lgm.flow import ActNorm, InvConv1x1, VectorGlow, VectorRealNVP
-from test_transforms import randomise
 
 
 @pytest.mark.parametrize(

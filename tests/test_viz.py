@@ -19,8 +19,9 @@ from lgm.viz import (
 banana = toy.get_density("banana")
 images = torch.randint(0, 256, (8, 1, 6, 6), dtype=torch.uint8)
 FIGURES = {
-    "density": lambda path: plot_density_comparison(banana.log_prob, banana.sample(500), banana.bounds,
-                                                    true_log_prob=banana.log_prob, resolution=20, path=path),
+    "density": lambda path: plot_density_comparison(
+        banana.log_prob, banana.sample(500), banana.bounds, true_log_prob=banana.log_prob, resolution=20, path=path
+    ),
     "samples": lambda path: plot_samples(banana.sample(100), banana.bounds, banana.sample(100, seed=1), path=path),
     "panels": lambda path: plot_image_panels([("a", images), ("b", images.float() / 255)], path=path),
     "interpolations": lambda path: plot_interpolations(torch.rand(5, 2, 1, 6, 6), "t", path=path),

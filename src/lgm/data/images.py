@@ -126,7 +126,9 @@ def to_nchw(x: np.ndarray | Tensor, shape: tuple[int, int, int], what: str) -> T
     elif x.dim() == 4 and tuple(x.shape[1:]) == (h, w, c) and tuple(x.shape[1:]) != shape:
         x = x.permute(0, 3, 1, 2)
     if x.dim() != 4 or tuple(x.shape[1:]) != shape:
-        raise ValueError(f"{what}: expected images of shape [N, {c}, {h}, {w}] (or [N, {h}, {w}, {c}]), got {list(x.shape)}")
+        raise ValueError(
+            f"{what}: expected images of shape [N, {c}, {h}, {w}] (or [N, {h}, {w}, {c}]), got {list(x.shape)}"
+        )
     return x.to(torch.uint8).contiguous()
 
 
@@ -144,8 +146,10 @@ def _arrays(info: ImageDataset, source: str, x_train, y_train, x_test, y_test) -
     x_train = to_nchw(x_train, info.shape, f"{source} x_train")
     x_test = to_nchw(x_test, info.shape, f"{source} x_test")
     return ImageArrays(
-        x_train, to_labels(y_train, len(x_train), info.n_classes, f"{source} y_train"),
-        x_test, to_labels(y_test, len(x_test), info.n_classes, f"{source} y_test"),
+        x_train,
+        to_labels(y_train, len(x_train), info.n_classes, f"{source} y_train"),
+        x_test,
+        to_labels(y_test, len(x_test), info.n_classes, f"{source} y_test"),
     )
 
 
@@ -213,7 +217,14 @@ def _digits() -> ImageArrays:
     images = np.rint(digits.images * (255 / 16)).astype(np.uint8)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0)).numpy()
     test, train = order[:DIGITS_TEST_SIZE], order[DIGITS_TEST_SIZE:]
-    return _arrays(DATASETS["digits"], "scikit-learn digits", images[train], digits.target[train], images[test], digits.target[test])
+    return _arrays(
+        DATASETS["digits"],
+        "scikit-learn digits",
+        images[train],
+        digits.target[train],
+        images[test],
+        digits.target[test],
+    )
 
 
 def _missing_message(info: ImageDataset, root: Path) -> str:

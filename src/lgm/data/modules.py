@@ -203,14 +203,22 @@ class ImageDataModule(L.LightningDataModule):
         self.shape = self.info.shape
         self.n_classes = self.info.n_classes
         self.data_dir, self.download = data_dir, download
-        self.val_size, self.batch_size, self.hflip, self.seed, self.split_seed = val_size, batch_size, hflip, seed, split_seed
+        self.val_size, self.batch_size, self.hflip, self.seed, self.split_seed = (
+            val_size,
+            batch_size,
+            hflip,
+            seed,
+            split_seed,
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "arrays"):
             return
         self.arrays: ImageArrays = load_images(self.info.name, self.data_dir, self.download)
         try:
-            self.val_index, self.train_index = validation_split(len(self.arrays.x_train), self.val_size, self.split_seed)
+            self.val_index, self.train_index = validation_split(
+                len(self.arrays.x_train), self.val_size, self.split_seed
+            )
         except ValueError as e:
             raise ValueError(f"{e} for {self.info.name}") from None
 

@@ -85,10 +85,17 @@ class Classifier(nn.Module):
         self.in_channels, self.n_classes, self.width = in_channels, n_classes, width
         w = width
         self.body = nn.Sequential(
-            _conv(in_channels, w), nn.MaxPool2d(2),
-            _conv(w, 2 * w), _conv(2 * w, 2 * w), nn.MaxPool2d(2),
-            _conv(2 * w, 4 * w), _conv(4 * w, 4 * w), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(4 * w * 4 * 4, FEATURE_DIM), nn.ReLU(inplace=True),
+            _conv(in_channels, w),
+            nn.MaxPool2d(2),
+            _conv(w, 2 * w),
+            _conv(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            _conv(2 * w, 4 * w),
+            _conv(4 * w, 4 * w),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(4 * w * 4 * 4, FEATURE_DIM),
+            nn.ReLU(inplace=True),
         )
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(FEATURE_DIM, n_classes))
 
@@ -113,7 +120,9 @@ def save_classifier(model: Classifier, path, half: bool = True) -> str:
     """Write the weights (float16 by default, to halve the file) and return the file's SHA-256."""
     state = {k: (v.half() if half and v.is_floating_point() else v) for k, v in model.state_dict().items()}
     buffer = io.BytesIO()
-    torch.save({"in_channels": model.in_channels, "n_classes": model.n_classes, "width": model.width, "state": state}, buffer)
+    torch.save(
+        {"in_channels": model.in_channels, "n_classes": model.n_classes, "width": model.width, "state": state}, buffer
+    )
     data = buffer.getvalue()
     atomic_write_bytes(data, path)
     return hashlib.sha256(data).hexdigest()

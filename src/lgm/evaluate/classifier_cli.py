@@ -44,8 +44,14 @@ def classifier_main(argv: list[str]) -> dict:
             if args.epochs < 1:
                 parser.error(f"--epochs must be at least 1, got {args.epochs}")
             model = fit_classifier(
-                classifier_for(args.data), arrays.x_train, arrays.y_train, epochs=args.epochs,
-                batch_size=args.batch_size, lr=args.lr, hflip=args.hflip, seed=args.seed,
+                classifier_for(args.data),
+                arrays.x_train,
+                arrays.y_train,
+                epochs=args.epochs,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                hflip=args.hflip,
+                seed=args.seed,
             )
             digest = save_classifier(model, args.out)
             # Score the weights as saved (float16), exactly as users will load them.

@@ -14,36 +14,97 @@ from lgm.flow.ode import SOLVERS
 def evaluate_main(argv: list[str]) -> dict:
     parser = argparse.ArgumentParser(
         prog="lgm-flow evaluate",
-        description="Evaluate a flow checkpoint (or a baseline image set): bits/dim, FID, KID, IS, precision/recall, figures.",
+        description=(
+            "Evaluate a flow checkpoint (or a baseline image set): bits/dim, FID, KID, IS, precision/recall, figures."
+        ),
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="checkpoint (.ckpt) or file written by lgm.flow.save")
-    source.add_argument("--baseline", choices=BASELINES,
-                        help="score real test images (the floor), test images with Gaussian noise (--noise), or pixel-wise Gaussian samples fit to the training set")
+    source.add_argument(
+        "--baseline",
+        choices=BASELINES,
+        help=(
+            "score real test images (the floor), test images with Gaussian noise (--noise), or pixel-wise "
+            "Gaussian samples fit to the training set"
+        ),
+    )
     parser.add_argument("--data", required=True, help="data set of the model: mnist, fashion_mnist or cifar10")
-    parser.add_argument("--metrics", default="bpd,fid,kid,is,pr", help=f"comma-separated, among {','.join(METRICS)} (default bpd,fid,kid,is,pr)")
-    parser.add_argument("--n-samples", type=int, default=10_000, help="generated and reference images for the classifier protocol (default 10000)")
-    parser.add_argument("--inception-n", type=int, default=1_000, help="images for the Inception protocol, ~0.15 s each on 2 CPU cores (default 1000)")
+    parser.add_argument(
+        "--metrics",
+        default="bpd,fid,kid,is,pr",
+        help=f"comma-separated, among {','.join(METRICS)} (default bpd,fid,kid,is,pr)",
+    )
+    parser.add_argument(
+        "--n-samples",
+        type=int,
+        default=10_000,
+        help="generated and reference images for the classifier protocol (default 10000)",
+    )
+    parser.add_argument(
+        "--inception-n",
+        type=int,
+        default=1_000,
+        help="images for the Inception protocol, ~0.15 s each on 2 CPU cores (default 1000)",
+    )
     parser.add_argument("--temperature", type=float, help="prior temperature of the scored samples (default 1.0)")
-    parser.add_argument("--select-temperature", metavar="T1,T2,...",
-                        help="choose the temperature instead: the one whose samples score the lowest FID against the validation split (e.g. 0.6,0.7,0.8,0.9,1.0)")
-    parser.add_argument("--select-n", type=int, default=1_000, help="samples and validation images per candidate temperature (default 1000, at most 5000)")
-    parser.add_argument("--select-protocol", choices=("classifier", "inception"), default="inception",
-                        help="feature protocol of the temperature selection (default inception)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of sampling, dequantisation and KID/IS subsets (default 0)")
-    parser.add_argument("--reference", choices=SPLITS, default="train",
-                        help="real split to compare with (default train; val: the 5,000 training images held out for validation)")
+    parser.add_argument(
+        "--select-temperature",
+        metavar="T1,T2,...",
+        help=(
+            "choose the temperature instead: the one whose samples score the lowest FID against the "
+            "validation split (e.g. 0.6,0.7,0.8,0.9,1.0)"
+        ),
+    )
+    parser.add_argument(
+        "--select-n",
+        type=int,
+        default=1_000,
+        help="samples and validation images per candidate temperature (default 1000, at most 5000)",
+    )
+    parser.add_argument(
+        "--select-protocol",
+        choices=("classifier", "inception"),
+        default="inception",
+        help="feature protocol of the temperature selection (default inception)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of sampling, dequantisation and KID/IS subsets (default 0)"
+    )
+    parser.add_argument(
+        "--reference",
+        choices=SPLITS,
+        default="train",
+        help="real split to compare with (default train; val: the 5,000 training images held out for validation)",
+    )
     parser.add_argument("--bpd-images", type=int, help="bits/dim on the first N test images only (default all)")
-    parser.add_argument("--noise", type=float, default=0.02, help="noise sigma of --baseline noisy_test, in units of the [0, 1] range (default 0.02)")
-    parser.add_argument("--classifier-weights", help="classifier weights for the classifier protocol (default: the shipped ones)")
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=0.02,
+        help="noise sigma of --baseline noisy_test, in units of the [0, 1] range (default 0.02)",
+    )
+    parser.add_argument(
+        "--classifier-weights", help="classifier weights for the classifier protocol (default: the shipped ones)"
+    )
     parser.add_argument("--data-dir", help="folder with the data (default $LGM_DATA_DIR)")
-    parser.add_argument("--solver", choices=SOLVERS, help="ODE solver of the samples, for continuous flows (default: the model's)")
-    parser.add_argument("--steps", type=int, help="ODE solver steps of the samples, for continuous flows (default: the model's)")
-    parser.add_argument("--likelihood-solver", choices=("auto", *SOLVERS),
-                        help="ODE solver of bits/dim, for continuous flows (default: the model's; auto is dopri5 for images)")
-    parser.add_argument("--likelihood-steps", type=int, help="ODE solver steps of bits/dim, for continuous flows (default: the model's)")
+    parser.add_argument(
+        "--solver", choices=SOLVERS, help="ODE solver of the samples, for continuous flows (default: the model's)"
+    )
+    parser.add_argument(
+        "--steps", type=int, help="ODE solver steps of the samples, for continuous flows (default: the model's)"
+    )
+    parser.add_argument(
+        "--likelihood-solver",
+        choices=("auto", *SOLVERS),
+        help="ODE solver of bits/dim, for continuous flows (default: the model's; auto is dopri5 for images)",
+    )
+    parser.add_argument(
+        "--likelihood-steps", type=int, help="ODE solver steps of bits/dim, for continuous flows (default: the model's)"
+    )
     parser.add_argument("--no-figures", action="store_true", help="metrics only")
-    parser.add_argument("--out", default="report.json", help="JSON report; figures are written beside it (default report.json)")
+    parser.add_argument(
+        "--out", default="report.json", help="JSON report; figures are written beside it (default report.json)"
+    )
     args = parser.parse_args(argv)
     try:
         check_writable(args.out)  # before the evaluation, which may take hours
@@ -57,13 +118,25 @@ def evaluate_main(argv: list[str]) -> dict:
         parser.error(f"--select-temperature takes comma-separated numbers, got {args.select_temperature!r}")
 
     settings = EvalSettings(
-        data=args.data, metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
-        n_samples=args.n_samples, inception_n=args.inception_n, seed=args.seed,
+        data=args.data,
+        metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()),
+        n_samples=args.n_samples,
+        inception_n=args.inception_n,
+        seed=args.seed,
         temperature=1.0 if args.temperature is None else args.temperature,
-        select_temperatures=candidates, select_n=args.select_n, select_protocol=args.select_protocol,
-        reference=args.reference, bpd_images=args.bpd_images, noise=args.noise, figures=not args.no_figures,
-        data_dir=args.data_dir, classifier_weights=args.classifier_weights, solver=args.solver, steps=args.steps,
-        likelihood_solver=args.likelihood_solver, likelihood_steps=args.likelihood_steps,
+        select_temperatures=candidates,
+        select_n=args.select_n,
+        select_protocol=args.select_protocol,
+        reference=args.reference,
+        bpd_images=args.bpd_images,
+        noise=args.noise,
+        figures=not args.no_figures,
+        data_dir=args.data_dir,
+        classifier_weights=args.classifier_weights,
+        solver=args.solver,
+        steps=args.steps,
+        likelihood_solver=args.likelihood_solver,
+        likelihood_steps=args.likelihood_steps,
     )
     try:
         report = evaluate(args.out, settings, ckpt=args.ckpt, baseline=args.baseline)
@@ -72,7 +145,9 @@ def evaluate_main(argv: list[str]) -> dict:
     print(f"wrote {args.out}")
     if report.get("temperature_selection"):
         selection = report["temperature_selection"]
-        print(f"temperature {selection['chosen']} chosen on the validation split; FID by temperature: {selection['fid']}")
+        print(
+            f"temperature {selection['chosen']} chosen on the validation split; FID by temperature: {selection['fid']}"
+        )
     if report.get("sampling"):
         print("sampling", report["sampling"])
     for protocol, values in report["metrics"].items():

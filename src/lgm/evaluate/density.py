@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -49,7 +49,9 @@ def kl_to_truth(
     Returns ``(kl, standard_error)`` in nats.
     """
     chunks = samples.split(batch_size)
-    return kl_from_log_probs(torch.cat([true_log_prob(x) for x in chunks]), torch.cat([model_log_prob(x) for x in chunks]))
+    return kl_from_log_probs(
+        torch.cat([true_log_prob(x) for x in chunks]), torch.cat([model_log_prob(x) for x in chunks])
+    )
 
 
 def kl_from_log_probs(true_log_probs: Tensor, model_log_probs: Tensor) -> tuple[float, float]:

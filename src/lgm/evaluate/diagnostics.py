@@ -64,7 +64,9 @@ def occlude(x: Tensor, fraction: float, generator: torch.Generator) -> Tensor:
 
 
 @torch.no_grad()
-def mean_bits_per_dim(flow: Flow, x: Tensor, labels: Tensor | None = None, batch_size: int = 500, desc: str | None = None) -> tuple[float, float]:
+def mean_bits_per_dim(
+    flow: Flow, x: Tensor, labels: Tensor | None = None, batch_size: int = 500, desc: str | None = None
+) -> tuple[float, float]:
     """Mean bits/dim of uint8 images ``x`` and its standard error over images."""
     values = []
     for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=desc is None, leave=False):

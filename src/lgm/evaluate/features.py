@@ -19,9 +19,9 @@ import importlib.util
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +103,9 @@ def inception_protocol() -> Protocol:
 
     def extract(x: Tensor) -> Tensor:
         if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[1] not in (1, 3):
-            raise ValueError(f"the Inception protocol takes uint8 images [B, 1 or 3, H, W], got {x.dtype} {list(x.shape)}")
+            raise ValueError(
+                f"the Inception protocol takes uint8 images [B, 1 or 3, H, W], got {x.dtype} {list(x.shape)}"
+            )
         x = tf_bilinear_resize(x.float(), INCEPTION_SIZE).expand(-1, 3, -1, -1)
         # Channels-last: the same features (to float rounding), about 12% faster on a CPU.
         return net(((x - 128) / 128).clamp(-1, 127 / 128).contiguous(memory_format=torch.channels_last))

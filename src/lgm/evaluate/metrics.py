@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+
 # From the modules themselves: `torchmetrics.image` exports these only when torch-fidelity is
 # installed, which custom feature extractors do not need.
 from torchmetrics.image.fid import FrechetInceptionDistance
@@ -45,9 +46,13 @@ def _quiet() -> Iterator[None]:
 
 def _check_pair(real: Tensor, fake: Tensor, minimum: int = 2) -> None:
     if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"expected features [N, d] and [M, d] of equal d, got {list(real.shape)} and {list(fake.shape)}")
+        raise ValueError(
+            f"expected features [N, d] and [M, d] of equal d, got {list(real.shape)} and {list(fake.shape)}"
+        )
     if min(len(real), len(fake)) < minimum:
-        raise ValueError(f"need at least {minimum} samples on each side, got {len(real)} real and {len(fake)} generated")
+        raise ValueError(
+            f"need at least {minimum} samples on each side, got {len(real)} real and {len(fake)} generated"
+        )
 
 
 def fid(real: Tensor, fake: Tensor) -> float:

@@ -73,7 +73,9 @@ class EvalSettings:
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; choose among {', '.join(METRICS)}")
         if self.n_samples < 10 or self.inception_n < 10:
-            raise ValueError(f"n_samples and inception_n must be at least 10, got {self.n_samples} and {self.inception_n}")
+            raise ValueError(
+                f"n_samples and inception_n must be at least 10, got {self.n_samples} and {self.inception_n}"
+            )
         if self.temperature < 0:
             raise ValueError(f"temperature must be non-negative, got {self.temperature}")
         if self.reference not in SPLITS:
@@ -94,7 +96,9 @@ def _protocol_metrics(settings: EvalSettings, images_for, protocol: Protocol, wa
     return {"protocol": protocol.identity, "n_generated": len(images), "n_reference": len(reference), **values}
 
 
-def evaluate(out: str | Path, settings: EvalSettings, ckpt: str | Path | None = None, baseline: str | None = None) -> dict:
+def evaluate(
+    out: str | Path, settings: EvalSettings, ckpt: str | Path | None = None, baseline: str | None = None
+) -> dict:
     """Evaluate a flow checkpoint (``ckpt``) or a baseline image set; write ``out`` (JSON) and figures beside it."""
     settings.check()
     if (ckpt is None) == (baseline is None):
@@ -103,17 +107,30 @@ def evaluate(out: str | Path, settings: EvalSettings, ckpt: str | Path | None = 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     arrays = load_images(settings.data, settings.data_dir)
-    report: dict = {"data": {"name": settings.data, "reference_split": settings.reference,
-                             "train_images": len(arrays.x_train), "test_images": len(arrays.x_test),
-                             "test_sha256": hashlib.sha256(arrays.x_test.numpy().tobytes()).hexdigest()}}
+    report: dict = {
+        "data": {
+            "name": settings.data,
+            "reference_split": settings.reference,
+            "train_images": len(arrays.x_train),
+            "test_images": len(arrays.x_test),
+            "test_sha256": hashlib.sha256(arrays.x_test.numpy().tobytes()).hexdigest(),
+        }
+    }
     flow = None
     if ckpt is not None:
         flow = load(ckpt)
         if flow.n_bits is None or tuple(flow.shape) != tuple(arrays.x_test.shape[1:]):
-            raise ValueError(f"the model takes data of shape {list(flow.shape)}, but {settings.data} images are {list(arrays.x_test.shape[1:])}")
+            raise ValueError(
+                f"the model takes data of shape {list(flow.shape)}, but {settings.data} images are "
+                f"{list(arrays.x_test.shape[1:])}"
+            )
         _use_solver(flow, settings)
-        report["model"] = {"checkpoint": str(ckpt), "sha256": hashlib.sha256(Path(ckpt).read_bytes()).hexdigest(),
-                           **flow_spec(flow), "parameters": sum(p.numel() for p in flow.parameters())}
+        report["model"] = {
+            "checkpoint": str(ckpt),
+            "sha256": hashlib.sha256(Path(ckpt).read_bytes()).hexdigest(),
+            **flow_spec(flow),
+            "parameters": sum(p.numel() for p in flow.parameters()),
+        }
     else:
         if baseline not in BASELINES:
             raise ValueError(f"unknown baseline {baseline!r}; choose among {', '.join(BASELINES)}")
@@ -126,7 +143,11 @@ def evaluate(out: str | Path, settings: EvalSettings, ckpt: str | Path | None = 
         "classifier": [m for m in QUALITY_METRICS if m in settings.metrics],
         "inception": [m for m in QUALITY_METRICS if f"inception_{m}" in settings.metrics],
     }
-    protocols = {name: get_protocol(name, settings.data, settings.classifier_weights) for name, wanted in requested.items() if wanted}
+    protocols = {
+        name: get_protocol(name, settings.data, settings.classifier_weights)
+        for name, wanted in requested.items()
+        if wanted
+    }
     stages = FinishedStages(out, {"data": report["data"], "model": report["model"], "settings": asdict(settings)})
     if flow is not None and settings.select_temperatures:
         selection = stages.run("temperature_selection", lambda: select_temperature(flow, settings))
@@ -169,7 +190,11 @@ class FinishedStages:
             stored = json.loads(self.path.read_text())
         except (OSError, ValueError):
             return
-        if isinstance(stored, dict) and stored.get("identity") == self.identity and isinstance(stored.get("stages"), dict):
+        if (
+            isinstance(stored, dict)
+            and stored.get("identity") == self.identity
+            and isinstance(stored.get("stages"), dict)
+        ):
             self.done = stored["stages"]
             print(f"resuming {out}: {', '.join(self.done)} already computed ({self.path})", flush=True)
 
@@ -199,8 +224,14 @@ def select_temperature(flow: Flow, settings: EvalSettings) -> dict:
         images = generate(flow, settings.select_n, t, settings.seed + 1)
         fids[t] = quality_metrics(images, protocol, reference, ("fid",))["fid"]
     chosen = min(fids, key=fids.get)
-    return {"split": "val", "protocol": protocol.identity, "n": settings.select_n, "seed": settings.seed + 1,
-            "fid": {str(t): v for t, v in fids.items()}, "chosen": chosen}
+    return {
+        "split": "val",
+        "protocol": protocol.identity,
+        "n": settings.select_n,
+        "seed": settings.seed + 1,
+        "fid": {str(t): v for t, v in fids.items()},
+        "chosen": chosen,
+    }
 
 
 def _use_solver(flow: Flow, settings: EvalSettings) -> None:
@@ -209,7 +240,10 @@ def _use_solver(flow: Flow, settings: EvalSettings) -> None:
     if all(value is None for value in chosen):
         return
     if not flow.capabilities.solver:
-        raise ValueError(f"--solver, --steps and --likelihood-* apply to continuous flows (FlowMatching) only, not to {type(flow).__name__}")
+        raise ValueError(
+            "--solver, --steps and --likelihood-* apply to continuous flows (FlowMatching) only, not to "
+            f"{type(flow).__name__}"
+        )
     flow.use_solver(settings.solver, settings.steps)
     flow.use_likelihood_solver(settings.likelihood_solver, settings.likelihood_steps)
 
@@ -225,8 +259,12 @@ def _flow_images(flow: Flow, settings: EvalSettings, timing: dict):
             start = time.perf_counter()
             cache[n] = generate(flow, max(n, settings.n_samples), settings.temperature, settings.seed)
             seconds = time.perf_counter() - start
-            timing.update(images=len(cache[n]), seconds=round(seconds, 3), images_per_second=round(len(cache[n]) / seconds, 2),
-                          threads=torch.get_num_threads())
+            timing.update(
+                images=len(cache[n]),
+                seconds=round(seconds, 3),
+                images_per_second=round(len(cache[n]) / seconds, 2),
+                threads=torch.get_num_threads(),
+            )
             timing.update(flow.solver_info())
         return cache[max(cache)][:n], None
 
@@ -257,7 +295,12 @@ def _bits_per_dim(flow: Flow | None, arrays, settings: EvalSettings, baseline: s
         return result
     if baseline == "gaussian":
         v = PixelGaussian(arrays.x_train).bits_per_dim(x)
-        return {"value": v.mean().item(), "stderr": (v.std() / math.sqrt(len(v))).item(), "images": len(x), "bound": "exact"}
+        return {
+            "value": v.mean().item(),
+            "stderr": (v.std() / math.sqrt(len(v))).item(),
+            "images": len(x),
+            "bound": "exact",
+        }
     return None
 
 
@@ -278,15 +321,20 @@ def _flow_figures(flow: Flow, arrays, settings: EvalSettings, out: Path) -> tupl
     torch.manual_seed(settings.seed)
     panels = [(f"T = {t}", generate(flow, 36, t, settings.seed)) for t in settings.figure_temperatures]
     plot_image_panels(panels, size=3, path=path("samples_temperatures"))
-    plot_image_panels([
-        (f"real ({settings.data} test)", x_show),
-        (f"generated (T = {settings.temperature})", generate(flow, 64, settings.temperature, settings.seed)),
-    ], path=path("real_vs_generated"))
+    plot_image_panels(
+        [
+            (f"real ({settings.data} test)", x_show),
+            (f"generated (T = {settings.temperature})", generate(flow, 64, settings.temperature, settings.seed)),
+        ],
+        path=path("real_vs_generated"),
+    )
 
     x = to_data(x_show)
     back = flow.decode(flow.encode(x, labels), labels)
     diagnostics["reconstruction_max_abs_error"] = (back - x).abs().max().item()
-    plot_image_panels([("test images", x[:32]), ("decode(encode(x))", back[:32].clamp(0, 1))], nrow=8, path=path("reconstructions"))
+    plot_image_panels(
+        [("test images", x[:32]), ("decode(encode(x))", back[:32].clamp(0, 1))], nrow=8, path=path("reconstructions")
+    )
 
     xa, xb = x[:6], x[6:12]
     levels = flow.capabilities.latent_levels
@@ -299,9 +347,16 @@ def _flow_figures(flow: Flow, arrays, settings: EvalSettings, out: Path) -> tupl
 
     n_norm = min(2000, len(arrays.x_test))
     # Dequantised as in training: under a perfect model these latents follow the prior exactly.
-    eps = torch.cat([standardized_latents(flow, dequantize(reduce_bits(arrays.x_test[i : i + 500], flow.n_bits), flow.n_bits),
-                                          arrays.y_test[i : i + 500] if flow.n_classes else None)
-                     for i in range(0, n_norm, 500)])
+    eps = torch.cat(
+        [
+            standardized_latents(
+                flow,
+                dequantize(reduce_bits(arrays.x_test[i : i + 500], flow.n_bits), flow.n_bits),
+                arrays.y_test[i : i + 500] if flow.n_classes else None,
+            )
+            for i in range(0, n_norm, 500)
+        ]
+    )
     norms, dof = eps.norm(dim=1), eps.shape[1]
     diagnostics["latent_norms"] = {"test_mean": norms.mean().item(), "dimensions": dof, "chi_mean": chi_mean(dof)}
     plot_latent_norms(norms, dof, path=path("latent_norms"))
@@ -310,7 +365,11 @@ def _flow_figures(flow: Flow, arrays, settings: EvalSettings, out: Path) -> tupl
     if log_scale is not None:
         log_scale = log_scale.cpu()
         side = math.isqrt(len(log_scale) // flow.shape[0])
-        plot_scales(log_scale.reshape(flow.shape[0], side, side)[0], f"{type(flow).__name__} log-scales per dimension", path=path("log_scales"))
+        plot_scales(
+            log_scale.reshape(flow.shape[0], side, side)[0],
+            f"{type(flow).__name__} log-scales per dimension",
+            path=path("log_scales"),
+        )
 
     x_corrupt, y_corrupt = arrays.x_test[pick[:500]], arrays.y_test[pick[:500]]
     torch.manual_seed(settings.seed)

@@ -168,7 +168,9 @@ class Flow(nn.Module):
     n_classes: int | None = None
     capabilities = Capabilities()
 
-    def __init__(self, transform: Transform, prior: nn.Module, shape: tuple[int, ...], n_bits: int | None = None) -> None:
+    def __init__(
+        self, transform: Transform, prior: nn.Module, shape: tuple[int, ...], n_bits: int | None = None
+    ) -> None:
         super().__init__()
         if n_bits is not None and not 1 <= n_bits <= 8:
             raise ValueError(f"n_bits must be between 1 and 8 (or None for continuous data), got {n_bits}")
@@ -208,7 +210,9 @@ class Flow(nn.Module):
         if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.shape != (batch,):
             raise ValueError(f"labels must be an integer tensor of shape [{batch}], one class index per sample")
         if labels.min() < 0 or labels.max() >= self.n_classes:
-            raise ValueError(f"labels must lie in 0..{self.n_classes - 1}, got [{labels.min().item()}, {labels.max().item()}]")
+            raise ValueError(
+                f"labels must lie in 0..{self.n_classes - 1}, got [{labels.min().item()}, {labels.max().item()}]"
+            )
 
     # -- the latent -------------------------------------------------------------------------------
 
@@ -249,7 +253,9 @@ class Flow(nn.Module):
         return self.prior.standardize(self.encode(x, labels).levels[0], labels).flatten(1)
 
     @torch.no_grad()
-    def interpolate(self, x_a: Tensor, x_b: Tensor, steps: int = 8, levels: int | None = None, labels: Tensor | None = None) -> Tensor:
+    def interpolate(
+        self, x_a: Tensor, x_b: Tensor, steps: int = 8, levels: int | None = None, labels: Tensor | None = None
+    ) -> Tensor:
         """Decode straight lines between the latents of ``x_a`` and ``x_b`` (both ``[B, *shape]``).
 
         ``levels=None`` interpolates every level; ``levels=k`` only the ``k`` finest (see `Latent`),
@@ -257,7 +263,9 @@ class Flow(nn.Module):
         ``x_a`` itself.
         """
         za, zb = self.encode(x_a, labels), self.encode(x_b, labels)
-        frames = [self._as_data(self.decode(za.lerp(zb, t, levels), labels)) for t in torch.linspace(0, 1, steps).tolist()]
+        frames = [
+            self._as_data(self.decode(za.lerp(zb, t, levels), labels)) for t in torch.linspace(0, 1, steps).tolist()
+        ]
         return torch.stack(frames)
 
     # -- densities ----------------------------------------------------------------------------------
@@ -334,7 +342,9 @@ class Flow(nn.Module):
     def _network_transforms(self) -> list[nn.Module]:
         # Transforms that run a network declare it as ``net``, with the switch ``checkpoint_net``
         # (`lgm.flow.coupling.NetworkCoupling`).
-        return [m for m in self.modules() if hasattr(m, "checkpoint_net") and isinstance(getattr(m, "net", None), nn.Module)]
+        return [
+            m for m in self.modules() if hasattr(m, "checkpoint_net") and isinstance(getattr(m, "net", None), nn.Module)
+        ]
 
     def networks(self) -> list[nn.Module]:
         """The networks inside the flow's transforms (the unconstrained function approximators: what
@@ -360,7 +370,8 @@ class Flow(nn.Module):
         raise ValueError(f"solver options apply to continuous flows only, not to {type(self).__name__}")
 
     def solver_info(self) -> dict[str, Any]:
-        """How the latest sampling or encoding was integrated (solver, steps, velocity evaluations); ``{}`` without a solver."""
+        """How the latest sampling or encoding was integrated (solver, steps, velocity evaluations);
+        ``{}`` without a solver."""
         return {}
 
     def likelihood_info(self) -> dict[str, Any]:

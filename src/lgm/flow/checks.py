@@ -7,8 +7,8 @@ brute-force autograd Jacobian; both must be near zero, whatever the weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -26,6 +26,7 @@ def jacobian_logdet(transform: Bijection, x: Tensor) -> Tensor:
     """
     logdets = []
     for xi in x:
+
         def forward(v: Tensor, shape=xi.shape) -> Tensor:
             return transform(v.reshape(1, *shape))[0].reshape(-1)
 

@@ -164,7 +164,13 @@ class AffineCoupling(NetworkCoupling):
     """
 
     def __init__(
-        self, channels: int, net_builder, mask: str = "channel", parity: int = 0, scale: str = "sigmoid", affine: bool = True
+        self,
+        channels: int,
+        net_builder,
+        mask: str = "channel",
+        parity: int = 0,
+        scale: str = "sigmoid",
+        affine: bool = True,
     ) -> None:
         super().__init__()
         if mask not in MASKS:

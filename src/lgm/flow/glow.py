@@ -100,18 +100,30 @@ class Glow(MultiScaleFlow):
         top = TopPrior((c, h, w), learned_prior, n_classes)
         super().__init__(preprocess, level_transforms, split_priors, top, latent_shapes, shape, n_bits, n_classes)
         self.init_args = dict(
-            shape=list(shape), levels=levels, steps=steps, hidden=hidden, coupling=coupling, permutation=permutation,
-            scale=scale, learned_prior=learned_prior, n_classes=n_classes, n_bits=n_bits, data_range=data_range,
-            logit_alpha=logit_alpha, normalize=normalize, pad_to=pad_to, seed=seed,
+            shape=list(shape),
+            levels=levels,
+            steps=steps,
+            hidden=hidden,
+            coupling=coupling,
+            permutation=permutation,
+            scale=scale,
+            learned_prior=learned_prior,
+            n_classes=n_classes,
+            n_bits=n_bits,
+            data_range=data_range,
+            logit_alpha=logit_alpha,
+            normalize=normalize,
+            pad_to=pad_to,
+            seed=seed,
         )
 
     @classmethod
-    def paper_cifar10(cls, **overrides) -> "Glow":
+    def paper_cifar10(cls, **overrides) -> Glow:
         """The paper's CIFAR-10 model: L = 3, K = 32, width 512, affine coupling, LU 1x1 conv (GPU-sized)."""
         return cls(**{**dict(shape=(3, 32, 32), levels=3, steps=32, hidden=512), **overrides})
 
     @classmethod
-    def cpu_fashion(cls, **overrides) -> "Glow":
+    def cpu_fashion(cls, **overrides) -> Glow:
         """A CPU-sized model for 28x28 images: L = 2, K = 8, width 64."""
         return cls(**{**dict(shape=(1, 28, 28), levels=2, steps=8, hidden=64), **overrides})
 
@@ -161,6 +173,13 @@ class VectorGlow(Flow):
             ]
         super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape)
         self.init_args = dict(
-            shape=list(shape), steps=steps, hidden=hidden, depth=depth, activation=activation,
-            permutation=permutation, scale=scale, prior=prior, seed=seed,
+            shape=list(shape),
+            steps=steps,
+            hidden=hidden,
+            depth=depth,
+            activation=activation,
+            permutation=permutation,
+            scale=scale,
+            prior=prior,
+            seed=seed,
         )

@@ -43,7 +43,11 @@ def flow_spec(flow: Flow) -> dict:
             "use a model class such as lgm.flow.NiceFlow, or set self.init_args in your subclass"
         )
     cls = type(flow)
-    return {"format": FORMAT_VERSION, "class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(init_args)}
+    return {
+        "format": FORMAT_VERSION,
+        "class_path": f"{cls.__module__}.{cls.__qualname__}",
+        "init_args": dict(init_args),
+    }
 
 
 def save(flow: Flow, path: str | os.PathLike) -> None:
@@ -63,9 +67,13 @@ def check_writable(path: str | os.PathLike) -> None:
         raise IsADirectoryError(f"cannot write {str(path)!r}: it is a folder; name a file in it")
     folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
     if not folder.is_dir():
-        raise NotADirectoryError(f"cannot write {str(path)!r}: {str(folder)!r} is a file, not a folder; choose another path")
+        raise NotADirectoryError(
+            f"cannot write {str(path)!r}: {str(folder)!r} is a file, not a folder; choose another path"
+        )
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot write {str(path)!r}: no permission to write in {str(folder)!r}; choose a folder you can write to")
+        raise PermissionError(
+            f"cannot write {str(path)!r}: no permission to write in {str(folder)!r}; choose a folder you can write to"
+        )
 
 
 @contextmanager
@@ -111,7 +119,10 @@ def check_readable(path: str | os.PathLike) -> None:
     archive is read and its CRC checked (nothing is unpickled). Catches truncated and overwritten files."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint or model file at {str(path)!r}; check the path (a run keeps its checkpoints in <run>/checkpoints/)")
+        raise FileNotFoundError(
+            f"no checkpoint or model file at {str(path)!r}; check the path (a run keeps its checkpoints in "
+            "<run>/checkpoints/)"
+        )
     try:
         with zipfile.ZipFile(path) as archive:
             broken = archive.testzip()
@@ -121,7 +132,9 @@ def check_readable(path: str | os.PathLike) -> None:
             "Use another checkpoint of the run (checkpoints/best-*.ckpt, last.ckpt or an earlier copy)"
         ) from e
     if broken is not None:
-        raise CheckpointError(f"{str(path)!r} is corrupted (member {broken!r} fails its checksum); use another checkpoint")
+        raise CheckpointError(
+            f"{str(path)!r} is corrupted (member {broken!r} fails its checksum); use another checkpoint"
+        )
 
 
 def check_compatible(spec: dict | None, flow: Flow, source: str) -> None:
@@ -142,8 +155,11 @@ def check_compatible(spec: dict | None, flow: Flow, source: str) -> None:
 def _with_defaults(cls: type, init_args: dict) -> dict:
     """``init_args`` completed with ``cls``'s defaults for arguments it lacks: a file written before an
     argument was added to the class describes the model that the default builds."""
-    defaults = {name: p.default for name, p in inspect.signature(cls).parameters.items()
-                if p.default is not inspect.Parameter.empty and name not in init_args}
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(cls).parameters.items()
+        if p.default is not inspect.Parameter.empty and name not in init_args
+    }
     return {**init_args, **defaults}
 
 
@@ -153,7 +169,9 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> F
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"could not read {str(path)!r} as a PyTorch file ({e}); it may be truncated or not a checkpoint") from e
+        raise CheckpointError(
+            f"could not read {str(path)!r} as a PyTorch file ({e}); it may be truncated or not a checkpoint"
+        ) from e
     spec = payload.get("lgm_flow") if isinstance(payload, dict) else None
     if spec is None:
         raise CheckpointError(
@@ -161,7 +179,9 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> F
             "Use a checkpoint written by `lgm-flow fit` or a file written by lgm.flow.save"
         )
     if spec.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"{str(path)!r} has lgm-flow format {spec.get('format')!r}; this version reads format {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{str(path)!r} has lgm-flow format {spec.get('format')!r}; this version reads format {FORMAT_VERSION}"
+        )
     flow = build_flow(spec)
     state = {k[len(STATE_PREFIX) :]: v for k, v in payload["state_dict"].items() if k.startswith(STATE_PREFIX)}
     try:

@@ -26,7 +26,9 @@ class Latent:
         if not levels or not all(isinstance(z, Tensor) and z.dim() >= 1 for z in levels):
             raise ValueError("a Latent needs one or more tensors with a batch dimension")
         if len({z.shape[0] for z in levels}) != 1:
-            raise ValueError(f"every level of a Latent needs the same batch size, got shapes {[list(z.shape) for z in levels]}")
+            raise ValueError(
+                f"every level of a Latent needs the same batch size, got shapes {[list(z.shape) for z in levels]}"
+            )
         object.__setattr__(self, "levels", levels)
 
     @property

@@ -124,7 +124,10 @@ class _CachedInverse:
         if module.training or torch.is_grad_enabled():
             self.key = self.value = None
             return compute()
-        key = (torch.is_inference_mode_enabled(), *((p.data_ptr(), p._version, p.device, p.dtype) for p in module.parameters()))
+        key = (
+            torch.is_inference_mode_enabled(),
+            *((p.data_ptr(), p._version, p.device, p.dtype) for p in module.parameters()),
+        )
         if key != self.key:
             self.key, self.value = key, compute()
         return self.value

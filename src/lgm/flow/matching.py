@@ -120,11 +120,26 @@ class FlowMatching(Flow):
         self.divergence, self.probes, self.rtol, self.atol = divergence, probes, rtol, atol
         self.last_nfe = 0  # function evaluations of the latest integration
         self.init_args = {
-            "shape": list(shape), "hidden": hidden, "depth": depth, "widths": list(widths), "embed": embed,
-            "n_classes": n_classes, "n_bits": n_bits, "data_range": data_range, "logit_alpha": logit_alpha,
-            "normalize": normalize, "pad_to": pad_to, "coupling": coupling, "solver": solver, "steps": steps,
-            "likelihood_solver": likelihood_solver, "likelihood_steps": likelihood_steps, "divergence": divergence,
-            "probes": probes, "rtol": rtol, "atol": atol,
+            "shape": list(shape),
+            "hidden": hidden,
+            "depth": depth,
+            "widths": list(widths),
+            "embed": embed,
+            "n_classes": n_classes,
+            "n_bits": n_bits,
+            "data_range": data_range,
+            "logit_alpha": logit_alpha,
+            "normalize": normalize,
+            "pad_to": pad_to,
+            "coupling": coupling,
+            "solver": solver,
+            "steps": steps,
+            "likelihood_solver": likelihood_solver,
+            "likelihood_steps": likelihood_steps,
+            "divergence": divergence,
+            "probes": probes,
+            "rtol": rtol,
+            "atol": atol,
         }
 
     def use_solver(self, solver: str | None = None, steps: int | None = None) -> None:
@@ -162,7 +177,12 @@ class FlowMatching(Flow):
 
     def likelihood_info(self) -> dict:
         solver, steps = self.likelihood_integration
-        return {"solver": solver, **({} if solver == "dopri5" else {"steps": steps}), "divergence": self.divergence, "probes": self.probes}
+        return {
+            "solver": solver,
+            **({} if solver == "dopri5" else {"steps": steps}),
+            "divergence": self.divergence,
+            "probes": self.probes,
+        }
 
     # -- training ---------------------------------------------------------------------------------
 
@@ -198,7 +218,9 @@ class FlowMatching(Flow):
 
     def _integrate_with_logdet(self, y: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
         """Data-space point ``y`` (t = 1) -> ``(y_0, log|det dy_0/dy_1|)`` (= ``-int_0^1 div v dt``)."""
-        exact = self.divergence == "exact" or (self.divergence == "auto" and math.prod(self.model_shape) <= EXACT_DIVERGENCE_MAX_DIM)
+        exact = self.divergence == "exact" or (
+            self.divergence == "auto" and math.prod(self.model_shape) <= EXACT_DIVERGENCE_MAX_DIM
+        )
         probes = None if exact else torch.randint(0, 2, (self.probes, *y.shape), device=y.device).to(y.dtype) * 2 - 1
 
         def dynamics(t: float, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:

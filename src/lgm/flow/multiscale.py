@@ -45,7 +45,9 @@ class MultiScaleFlow(Flow):
         n_classes: int | None = None,
     ) -> None:
         if len(split_priors) != len(levels) - 1 or len(latent_shapes) != len(levels):
-            raise ValueError(f"{len(levels)} levels need {len(levels) - 1} split priors and {len(levels)} latent shapes")
+            raise ValueError(
+                f"{len(levels)} levels need {len(levels) - 1} split priors and {len(levels)} latent shapes"
+            )
         if n_bits is None:
             raise ValueError("multi-scale flows model images: set n_bits (1 to 8)")
         if n_classes is not None and n_classes < 1:

@@ -13,7 +13,14 @@ from torch import Tensor, nn
 
 from lgm.flow.layers import ActNorm
 
-ACTIVATIONS = {"relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "silu": nn.SiLU,
+}
 NORMS = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
 
 
@@ -99,7 +106,9 @@ def scaled_conv(conv: nn.Conv2d, scale: Tensor, x: Tensor, bias: Tensor | None =
     convolution with weight ``W * scale`` and bias ``bias * scale`` (``bias`` defaults to the conv's own)."""
     bias = conv.bias if bias is None else bias
     weight = conv.weight * scale.view(-1, 1, 1, 1)
-    return F.conv2d(x, weight, None if bias is None else bias * scale, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return F.conv2d(
+        x, weight, None if bias is None else bias * scale, conv.stride, conv.padding, conv.dilation, conv.groups
+    )
 
 
 class ChannelsLastNet(nn.Sequential):
@@ -134,7 +143,11 @@ class ChannelsLastNet(nn.Sequential):
         i = 0
         while i < len(layers):
             layer, following = layers[i], layers[i + 1] if i + 1 < len(layers) else None
-            if isinstance(layer, nn.Conv2d) and isinstance(following, ActNormLayer) and following.actnorm.is_initialized:
+            if (
+                isinstance(layer, nn.Conv2d)
+                and isinstance(following, ActNormLayer)
+                and following.actnorm.is_initialized
+            ):
                 x, i = following.after_conv(layer, x), i + 2
             else:
                 x, i = layer(x), i + 1
@@ -147,8 +160,12 @@ def glow_net(in_channels: int, out_channels: int, hidden: int = 128) -> Channels
     ``[B, in_channels, H, W] -> [B, out_channels, H, W]``; starts at exactly zero output.
     """
     return ChannelsLastNet(
-        nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False), ActNormLayer(hidden), nn.ReLU(inplace=True),
-        nn.Conv2d(hidden, hidden, 1, bias=False), ActNormLayer(hidden), nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
+        ActNormLayer(hidden),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(hidden, hidden, 1, bias=False),
+        ActNormLayer(hidden),
+        nn.ReLU(inplace=True),
         ZeroConv2d(hidden, out_channels),
     )
 
@@ -159,8 +176,12 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            ActNormLayer(channels), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1),
-            ActNormLayer(channels), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            ActNormLayer(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            ActNormLayer(channels),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -172,6 +193,7 @@ def resnet(in_channels: int, out_channels: int, hidden: int = 64, blocks: int = 
     return ChannelsLastNet(
         nn.Conv2d(in_channels, hidden, 3, padding=1),
         *(ResidualBlock(hidden) for _ in range(blocks)),
-        ActNormLayer(hidden), nn.ReLU(),
+        ActNormLayer(hidden),
+        nn.ReLU(),
         ZeroConv2d(hidden, out_channels),
     )

@@ -57,8 +57,12 @@ class NiceFlow(Flow):
         pad_to: int | None = None,
     ) -> None:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        if n_bits is None and (logit_alpha is not None or normalize is not None or pad_to is not None or data_range != "unit"):
-            raise ValueError("logit_alpha, normalize, pad_to and data_range preprocess images: set n_bits (e.g. 8) to use them")
+        if n_bits is None and (
+            logit_alpha is not None or normalize is not None or pad_to is not None or data_range != "unit"
+        ):
+            raise ValueError(
+                "logit_alpha, normalize, pad_to and data_range preprocess images: set n_bits (e.g. 8) to use them"
+            )
         if n_bits is None:
             layers, model_shape = [], shape
         else:
@@ -74,9 +78,20 @@ class NiceFlow(Flow):
         layers.append(DiagonalScaling(dim, scale=scale))
         super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape, n_bits=n_bits)
         self.init_args = dict(
-            shape=list(shape), couplings=couplings, hidden=hidden, depth=depth, activation=activation,
-            norm=norm, partition=partition, scale=scale, prior=prior, n_bits=n_bits, data_range=data_range,
-            logit_alpha=logit_alpha, normalize=normalize, pad_to=pad_to,
+            shape=list(shape),
+            couplings=couplings,
+            hidden=hidden,
+            depth=depth,
+            activation=activation,
+            norm=norm,
+            partition=partition,
+            scale=scale,
+            prior=prior,
+            n_bits=n_bits,
+            data_range=data_range,
+            logit_alpha=logit_alpha,
+            normalize=normalize,
+            pad_to=pad_to,
         )
 
     @property
@@ -88,14 +103,16 @@ class NiceFlow(Flow):
         return self.scaling.log_scale().detach()
 
     @classmethod
-    def mnist(cls, **overrides) -> "NiceFlow":
+    def mnist(cls, **overrides) -> NiceFlow:
         """The paper's MNIST model: 4 couplings of 5 x 1000 ReLU units, even/odd split, logistic prior,
         on dequantised 8-bit images in [0, 1]."""
-        args = dict(shape=(1, 28, 28), couplings=4, hidden=1000, depth=5, partition="even_odd", prior="logistic", n_bits=8)
+        args = dict(
+            shape=(1, 28, 28), couplings=4, hidden=1000, depth=5, partition="even_odd", prior="logistic", n_bits=8
+        )
         return cls(**{**args, **overrides})
 
     @classmethod
-    def toy(cls, **overrides) -> "NiceFlow":
+    def toy(cls, **overrides) -> NiceFlow:
         """A small model for 2-D densities: 4 couplings of 3 x 64 ReLU units, Gaussian prior."""
         args = dict(shape=2, couplings=4, hidden=64, depth=3, prior="gaussian")
         return cls(**{**args, **overrides})

@@ -12,7 +12,7 @@ adaptive Dormand-Prince method of ``torchdiffeq``, controlled by
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -77,7 +77,9 @@ def odeint(
         import torchdiffeq
 
         times = torch.tensor([t0, t1], dtype=torch.float64)
-        final = torchdiffeq.odeint(lambda t, y: counted(float(t), y), state, times, method="dopri5", rtol=rtol, atol=atol)
+        final = torchdiffeq.odeint(
+            lambda t, y: counted(float(t), y), state, times, method="dopri5", rtol=rtol, atol=atol
+        )
         return tuple(s[-1] for s in final), calls
     h = (t1 - t0) / steps
     for i in range(steps):

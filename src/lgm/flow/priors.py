@@ -30,7 +30,9 @@ _LOG_2PI = math.log(2 * math.pi)
 class Prior(nn.Module):
     """The protocol every prior follows (see the module's notes); subclasses implement all three."""
 
-    def log_prob(self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:  # pragma: no cover
+    def log_prob(
+        self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None
+    ) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def sample(
@@ -38,7 +40,9 @@ class Prior(nn.Module):
     ) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def standardize(self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:  # pragma: no cover
+    def standardize(
+        self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None
+    ) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
 
@@ -60,7 +64,9 @@ class StandardGaussian(_FactorisedPrior):
     def log_prob(self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:
         return self._flat_sum(-0.5 * (z.square() + _LOG_2PI))
 
-    def sample(self, n: int, labels: Tensor | None = None, temperature: float = 1.0, context: Tensor | None = None) -> Tensor:
+    def sample(
+        self, n: int, labels: Tensor | None = None, temperature: float = 1.0, context: Tensor | None = None
+    ) -> Tensor:
         a = self._anchor
         return temperature * torch.randn(n, *self.shape, device=a.device, dtype=a.dtype)
 
@@ -77,7 +83,9 @@ class StandardLogistic(_FactorisedPrior):
     def log_prob(self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:
         return self._flat_sum(-F.softplus(z) - F.softplus(-z))
 
-    def sample(self, n: int, labels: Tensor | None = None, temperature: float = 1.0, context: Tensor | None = None) -> Tensor:
+    def sample(
+        self, n: int, labels: Tensor | None = None, temperature: float = 1.0, context: Tensor | None = None
+    ) -> Tensor:
         a = self._anchor
         # Inverse CDF on U(eps, 1 - eps) keeps the logit finite in float32.
         eps = torch.finfo(a.dtype).eps
@@ -154,7 +162,9 @@ class TopPrior(Prior):
     def log_prob(self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:
         return gaussian_log_prob(z, *self.params(z.shape[0], labels))
 
-    def sample(self, n: int, labels: Tensor | None = None, temperature: float = 1.0, context: Tensor | None = None) -> Tensor:
+    def sample(
+        self, n: int, labels: Tensor | None = None, temperature: float = 1.0, context: Tensor | None = None
+    ) -> Tensor:
         mean, log_std = self.params(n, labels)
         return mean + temperature * log_std.exp() * torch.randn_like(mean)
 
@@ -197,7 +207,9 @@ class SplitPrior(Prior):
     def log_prob(self, z: Tensor, labels: Tensor | None = None, context: Tensor | None = None) -> Tensor:
         return gaussian_log_prob(z, *self.params(self._context(context), labels))
 
-    def sample(self, n: int, labels: Tensor | None = None, temperature: float = 1.0, context: Tensor | None = None) -> Tensor:
+    def sample(
+        self, n: int, labels: Tensor | None = None, temperature: float = 1.0, context: Tensor | None = None
+    ) -> Tensor:
         h = self._context(context)
         if len(h) != n:
             raise ValueError(f"{n} samples need a context of {n} kept halves, got {len(h)}")

@@ -68,7 +68,7 @@ class RealNVP(MultiScaleFlow):
             return layers
 
         level_transforms, split_priors, latent_shapes = [], [], []
-        for level in range(levels - 1):
+        for _ in range(levels - 1):
             layers = couplings(c, "checkerboard", 3) + [Squeeze()]
             c, h, w = 4 * c, h // 2, w // 2
             level_transforms.append(Compose(*layers, *couplings(c, "channel", 3)))
@@ -80,8 +80,17 @@ class RealNVP(MultiScaleFlow):
         top = TopPrior((c, h, w), learned_prior, n_classes)
         super().__init__(preprocess, level_transforms, split_priors, top, latent_shapes, shape, n_bits, n_classes)
         self.init_args = dict(
-            shape=list(shape), levels=levels, hidden=hidden, blocks=blocks, scale=scale, learned_prior=learned_prior,
-            n_classes=n_classes, n_bits=n_bits, data_range=data_range, logit_alpha=logit_alpha, normalize=normalize,
+            shape=list(shape),
+            levels=levels,
+            hidden=hidden,
+            blocks=blocks,
+            scale=scale,
+            learned_prior=learned_prior,
+            n_classes=n_classes,
+            n_bits=n_bits,
+            data_range=data_range,
+            logit_alpha=logit_alpha,
+            normalize=normalize,
             pad_to=pad_to,
         )
 
@@ -123,6 +132,12 @@ class VectorRealNVP(Flow):
             layers.append(AffineVectorCoupling(dim, net, partition=partition, change=change, scale=scale))
         super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape)
         self.init_args = dict(
-            shape=list(shape), couplings=couplings, hidden=hidden, depth=depth, activation=activation,
-            partition=partition, scale=scale, prior=prior,
+            shape=list(shape),
+            couplings=couplings,
+            hidden=hidden,
+            depth=depth,
+            activation=activation,
+            partition=partition,
+            scale=scale,
+            prior=prior,
         )

@@ -21,8 +21,8 @@ softclamp      exp(c tanh(h / c)), c=3  (e^-3, e^3)             0
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

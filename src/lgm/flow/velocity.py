@@ -44,7 +44,9 @@ def _zero(layer: nn.Module) -> nn.Module:
 class VelocityMLP(nn.Module):
     """``v(x, t)`` for vectors ``x [B, dim]``: an MLP of ``depth`` hidden SiLU layers on ``[x, embedding]``."""
 
-    def __init__(self, dim: int, hidden: int = 128, depth: int = 3, embed: int = 32, n_classes: int | None = None) -> None:
+    def __init__(
+        self, dim: int, hidden: int = 128, depth: int = 3, embed: int = 32, n_classes: int | None = None
+    ) -> None:
         super().__init__()
         self.conditioning = Conditioning(embed, n_classes)
         layers: list[nn.Module] = []
@@ -84,22 +86,29 @@ class VelocityUNet(nn.Module):
     on 28x28 images has 0.6M parameters.
     """
 
-    def __init__(self, channels: int, widths: tuple[int, ...] = (32, 64, 64), embed: int = 64, n_classes: int | None = None) -> None:
+    def __init__(
+        self, channels: int, widths: tuple[int, ...] = (32, 64, 64), embed: int = 64, n_classes: int | None = None
+    ) -> None:
         super().__init__()
         self.conditioning = Conditioning(embed, n_classes)
         self.factor = 2 ** (len(widths) - 1)
         self.stem = nn.Conv2d(channels, widths[0], 3, padding=1)
         self.down = nn.ModuleList(ResidualBlock(a, b, embed) for a, b in zip((widths[0], *widths[:-1]), widths))
         self.middle = ResidualBlock(widths[-1], widths[-1], embed)
-        self.up = nn.ModuleList(ResidualBlock(2 * w, w_out, embed)
-                                for w, w_out in zip(reversed(widths), (*reversed(widths[:-1]), widths[0])))
-        self.head = nn.Sequential(nn.GroupNorm(min(8, widths[0]), widths[0]), nn.SiLU(),
-                                  _zero(nn.Conv2d(widths[0], channels, 3, padding=1)))
+        self.up = nn.ModuleList(
+            ResidualBlock(2 * w, w_out, embed)
+            for w, w_out in zip(reversed(widths), (*reversed(widths[:-1]), widths[0]))
+        )
+        self.head = nn.Sequential(
+            nn.GroupNorm(min(8, widths[0]), widths[0]), nn.SiLU(), _zero(nn.Conv2d(widths[0], channels, 3, padding=1))
+        )
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
-            raise ValueError(f"the U-Net halves the resolution {self.factor // 2 or 1} time(s): image sides must be "
-                             f"divisible by {self.factor}, got {list(x.shape[-2:])}; use fewer widths or pad_to")
+            raise ValueError(
+                f"the U-Net halves the resolution {self.factor // 2 or 1} time(s): image sides must be "
+                f"divisible by {self.factor}, got {list(x.shape[-2:])}; use fewer widths or pad_to"
+            )
         e = self.conditioning(t, labels)
         h = self.stem(x)
         skips = []

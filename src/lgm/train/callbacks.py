@@ -74,17 +74,24 @@ class ToyDiagnostics(L.Callback):
         fresh_log_probs = torch.cat([model_log_prob(x) for x in fresh.split(65_536)])
         report["nll_fresh"] = float(-fresh_log_probs.double().mean())
         if density.has_log_prob:
-            report["kl_true_model"], report["kl_standard_error"] = kl_from_log_probs(density.log_prob(fresh), fresh_log_probs)
+            report["kl_true_model"], report["kl_standard_error"] = kl_from_log_probs(
+                density.log_prob(fresh), fresh_log_probs
+            )
         if hasattr(density, "entropy"):
             report["true_entropy"] = density.entropy()
         figures = out / "figures"
         figures.mkdir(parents=True, exist_ok=True)
         data = trainer.datamodule.train_data[: self.n_kl]
         plot_density_comparison(
-            model_log_prob, data, density.bounds,
-            true_log_prob=density.log_prob if density.has_log_prob else None, path=figures / "density.png",
+            model_log_prob,
+            data,
+            density.bounds,
+            true_log_prob=density.log_prob if density.has_log_prob else None,
+            path=figures / "density.png",
         )
-        plot_samples(flow.sample(self.n_samples).cpu(), density.bounds, data[: self.n_samples], path=figures / "samples.png")
+        plot_samples(
+            flow.sample(self.n_samples).cpu(), density.bounds, data[: self.n_samples], path=figures / "samples.png"
+        )
         return report
 
 
@@ -108,7 +115,9 @@ class SampleGrid(L.Callback):
         self.seed = seed
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        averages = [cb.average_flow for cb in trainer.callbacks if isinstance(cb, FlowEMA) and cb.average_flow is not None]
+        averages = [
+            cb.average_flow for cb in trainer.callbacks if isinstance(cb, FlowEMA) and cb.average_flow is not None
+        ]
         flow = averages[0] if averages else pl_module.flow
         figures = _run_folder(trainer) / "figures"  # on every rank: a collective call under DDP
         if flow.n_bits is None or not trainer.is_global_zero:
@@ -117,7 +126,10 @@ class SampleGrid(L.Callback):
         was_training = flow.training
         flow.eval()
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []):
+            with (
+                torch.no_grad(),
+                torch.random.fork_rng(devices=[pl_module.device] if pl_module.device.type == "cuda" else []),
+            ):
                 for t in self.temperatures:
                     torch.manual_seed(self.seed)
                     labels = torch.arange(self.n, device=pl_module.device) % flow.n_classes if flow.n_classes else None
@@ -168,10 +180,16 @@ class TrainingTimeSnapshots(L.Callback):
         due = trainer.strategy.broadcast(self._elapsed(trainer) >= pending[0] * 60 - 1.0, src=0)
         if due:
             self.saved.append(pending[0])
-            folder = Path(trainer.checkpoint_callback.dirpath) if trainer.checkpoint_callback else _run_folder(trainer) / "checkpoints"
+            folder = (
+                Path(trainer.checkpoint_callback.dirpath)
+                if trainer.checkpoint_callback
+                else _run_folder(trainer) / "checkpoints"
+            )
             trainer.save_checkpoint(folder / f"snapshot-{pending[0]:g}min.ckpt")
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
         self._save_due(trainer)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -209,7 +227,11 @@ class RunCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         savers = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.save_last]
-        if self.save_last and not trainer.fast_dev_run and all(cb._last_global_step_saved != trainer.global_step for cb in savers):
+        if (
+            self.save_last
+            and not trainer.fast_dev_run
+            and all(cb._last_global_step_saved != trainer.global_step for cb in savers)
+        ):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 

@@ -124,7 +124,9 @@ class FlowCLI(LightningCLI):
         if config is None:
             return
         loggers = config.trainer.get("logger")
-        logger_args = [lg.init_args for lg in (loggers if isinstance(loggers, list) else [loggers]) if hasattr(lg, "init_args")]
+        logger_args = [
+            lg.init_args for lg in (loggers if isinstance(loggers, list) else [loggers]) if hasattr(lg, "init_args")
+        ]
         root = config.trainer.get("default_root_dir")
         for args in logger_args:
             if root and args.get("save_dir") == DEFAULT_ROOT_DIR:
@@ -174,7 +176,12 @@ def main(args: list[str] | None = None) -> None:
     except argparse.ArgumentError as error:  # a bad option or config value
         subcommand = f" {argv[0]}" if argv and argv[0] in SUBCOMMANDS else ""
         fail(error, status=2, debug=debug, hint=f"see `lgm-flow{subcommand} --help`")
-    except (ValueError, OSError, ModuleNotFoundError, MisconfigurationException) as error:  # CheckpointError is a ValueError
+    except (
+        ValueError,
+        OSError,
+        ModuleNotFoundError,
+        MisconfigurationException,
+    ) as error:  # CheckpointError is a ValueError
         fail(error, status=2, debug=debug)
 
 
@@ -231,7 +238,11 @@ def check_training_checkpoint(path: str) -> dict:
     check_readable(path)
     payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: reads no tensor data
     if not isinstance(payload, dict) or "pytorch-lightning_version" not in payload:
-        kind = "a model file (lgm.flow.save)" if isinstance(payload, dict) and "lgm_flow" in payload else "no training checkpoint"
+        kind = (
+            "a model file (lgm.flow.save)"
+            if isinstance(payload, dict) and "lgm_flow" in payload
+            else "no training checkpoint"
+        )
         raise CheckpointError(
             f"{path!r} is {kind}: --ckpt_path takes a checkpoint written by `lgm-flow fit` "
             "(a run's checkpoints/last.ckpt, best-*.ckpt or snapshot-*.ckpt)"
@@ -246,7 +257,11 @@ def ended_mid_epoch(checkpoint: dict) -> bool:
     epochs, batches = loop.get("epoch_progress", {}).get("current", {}), loop.get("epoch_loop.batch_progress", {})
     if not epochs or not batches:
         return False
-    return epochs["completed"] == epochs["started"] > 0 and not batches.get("is_last_batch", True) and batches["current"]["completed"] > 0
+    return (
+        epochs["completed"] == epochs["started"] > 0
+        and not batches.get("is_last_batch", True)
+        and batches["current"]["completed"] > 0
+    )
 
 
 def resumed_run_version(ckpt_path: str | None, logger_args: list) -> str | None:
@@ -258,7 +273,9 @@ def resumed_run_version(ckpt_path: str | None, logger_args: list) -> str | None:
     if ckpt.parent.name != "checkpoints":
         return None
     run = ckpt.parent.parent
-    if all(run.parent == (Path(args.get("save_dir") or ".") / (args.get("name") or "")).resolve() for args in logger_args):
+    if all(
+        run.parent == (Path(args.get("save_dir") or ".") / (args.get("name") or "")).resolve() for args in logger_args
+    ):
         return run.name
     return None
 

@@ -127,27 +127,29 @@ def fit_flow(
     at_stop = StopAndCheckpoint(last, steps, timer)
     start = time.monotonic()
     with _quiet_lightning(not verbose):
-        trainer = L.Trainer(**{
-            "max_epochs": epochs if epochs is not None else -1,
-            "val_check_interval": val_every,
-            "check_val_every_n_epoch": None if val_every is not None else 1,
-            "default_root_dir": run_dir,
-            "logger": ResumableCSVLogger(run_dir, name="", version=""),
-            "callbacks": [
-                FlowEMA(enabled=ema, decay=ema_decay),
-                *([timer] if timer is not None else []),  # before `at_stop`, which must see the time run out
-                at_stop,
-                CheckpointOnSigterm(last),
-            ],
-            "enable_checkpointing": False,  # `at_stop` writes the checkpoints: see its notes
-            "plugins": [AtomicCheckpointIO()],
-            "use_distributed_sampler": False,  # `lgm.data.InMemoryBatches` shards and resumes by itself
-            "devices": 1,
-            "enable_progress_bar": progress,
-            "enable_model_summary": False,
-            "log_every_n_steps": 10,
-            **(trainer_args or {}),
-        })
+        trainer = L.Trainer(
+            **{
+                "max_epochs": epochs if epochs is not None else -1,
+                "val_check_interval": val_every,
+                "check_val_every_n_epoch": None if val_every is not None else 1,
+                "default_root_dir": run_dir,
+                "logger": ResumableCSVLogger(run_dir, name="", version=""),
+                "callbacks": [
+                    FlowEMA(enabled=ema, decay=ema_decay),
+                    *([timer] if timer is not None else []),  # before `at_stop`, which must see the time run out
+                    at_stop,
+                    CheckpointOnSigterm(last),
+                ],
+                "enable_checkpointing": False,  # `at_stop` writes the checkpoints: see its notes
+                "plugins": [AtomicCheckpointIO()],
+                "use_distributed_sampler": False,  # `lgm.data.InMemoryBatches` shards and resumes by itself
+                "devices": 1,
+                "enable_progress_bar": progress,
+                "enable_model_summary": False,
+                "log_every_n_steps": 10,
+                **(trainer_args or {}),
+            }
+        )
         try:
             trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
         except SIGTERMException:  # a SystemExit with status 0: a stopped run must not look finished

@@ -53,5 +53,7 @@ def describe_nonfinite(model: nn.Module, run: Callable[[], object]) -> str:
     """A phrase saying where ``run()`` (the last step's loss) went non-finite: a named layer, or past the layers."""
     culprit = first_nonfinite_module(model, run)
     if culprit is None:
-        return "every layer's output is finite on the last batch, so the prior's log-density or the gradients overflowed"
+        return (
+            "every layer's output is finite on the last batch, so the prior's log-density or the gradients overflowed"
+        )
     return f"the first non-finite output comes from layer {culprit}"

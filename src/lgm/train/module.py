@@ -101,8 +101,15 @@ class FlowModule(L.LightningModule):
         if warmup_steps and warmup_epochs:
             raise ValueError("give warmup_steps or warmup_epochs, not both")
         if lr <= 0 or not 0 <= min_lr <= lr:
-            raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={lr}, min_lr={min_lr}; e.g. lr=1e-3 (--model.lr 1e-3)")
-        if warmup_steps < 0 or warmup_epochs < 0 or max_bad_steps < 1 or (schedule_steps is not None and schedule_steps < 1):
+            raise ValueError(
+                f"need lr > 0 and 0 <= min_lr <= lr, got lr={lr}, min_lr={min_lr}; e.g. lr=1e-3 (--model.lr 1e-3)"
+            )
+        if (
+            warmup_steps < 0
+            or warmup_epochs < 0
+            or max_bad_steps < 1
+            or (schedule_steps is not None and schedule_steps < 1)
+        ):
             raise ValueError("warmup_steps and warmup_epochs must be >= 0, max_bad_steps and schedule_steps >= 1")
         self.flow = flow
         # Plain attributes, not save_hyperparameters(): Lightning's CLI would let hyperparameters saved in
@@ -110,7 +117,12 @@ class FlowModule(L.LightningModule):
         # config.yaml records them instead.
         self.lr, self.optimizer_name, self.betas = lr, optimizer, tuple(betas)
         self.weight_decay, self.decay_scales = weight_decay, decay_scales
-        self.warmup_steps, self.warmup_epochs, self.schedule, self.min_lr = warmup_steps, warmup_epochs, schedule, min_lr
+        self.warmup_steps, self.warmup_epochs, self.schedule, self.min_lr = (
+            warmup_steps,
+            warmup_epochs,
+            schedule,
+            min_lr,
+        )
         self.schedule_steps = schedule_steps
         self.max_bad_steps, self.seed = max_bad_steps, seed
         self.dequant_samples, self.init_samples = dequant_samples, init_samples
@@ -208,7 +220,8 @@ class FlowModule(L.LightningModule):
                 where = describe_nonfinite(self.flow, lambda: self._objective(batch))
         return (
             f"training diverged: {self.bad_in_a_row} steps in a row had a non-finite loss or gradient "
-            f"(the last at step {self.global_step}, epoch {self.current_epoch}, batch {self._last_batch[1] if self._last_batch else '?'}); "
+            f"(the last at step {self.global_step}, epoch {self.current_epoch}, batch "
+            f"{self._last_batch[1] if self._last_batch else '?'}); "
             f"{where}. The weights were left at the last finite step. Usual fixes: a smaller --model.lr, "
             "a learning-rate warmup (--model.warmup_steps 500), a bounded scale map "
             "(--model.flow.init_args.scale sigmoid), gradient clipping (--trainer.gradient_clip_val 50)"
@@ -250,7 +263,8 @@ class FlowModule(L.LightningModule):
             warmup = warmup or round(self.warmup_epochs * per_epoch)
             if self.schedule == "cosine" and not math.isfinite(total):
                 raise ValueError(
-                    "the cosine schedule needs a known length: set --model.schedule_steps, --trainer.max_epochs or --trainer.max_steps"
+                    "the cosine schedule needs a known length: set --model.schedule_steps, "
+                    "--trainer.max_epochs or --trainer.max_steps"
                 )
 
         def factor(step: int) -> float:
@@ -267,7 +281,9 @@ class FlowModule(L.LightningModule):
         """
         trainer = self.trainer
         if trainer.datamodule is None:
-            raise ValueError("warmup_epochs and the cosine schedule need a data module (trainer.fit(module, datamodule=...))")
+            raise ValueError(
+                "warmup_epochs and the cosine schedule need a data module (trainer.fit(module, datamodule=...))"
+            )
         batches = len(trainer.datamodule.train_dataloader())
         limit = trainer.limit_train_batches
         batches = min(batches, limit) if isinstance(limit, int) else int(batches * limit)
@@ -284,12 +300,14 @@ class FlowModule(L.LightningModule):
         self.flow.configure_networks(self.gradient_checkpointing, self.compile_nets)
 
     def check_data(self, data: L.LightningDataModule | None) -> None:
-        """Raise a `ValueError` naming the fix if ``data`` (when it tells its shape and classes) does not fit the flow."""
+        """Raise a `ValueError` naming the fix if ``data`` (when it tells its shape and classes) does
+        not fit the flow."""
         shape = getattr(data, "shape", None)
         if shape is not None and tuple(shape) != tuple(self.flow.shape):
             raise ValueError(
                 f"the model takes data of shape {list(self.flow.shape)}, but the data module gives {list(shape)}: "
-                f"set the flow's shape to the data's (--model.flow.init_args.shape '{list(shape)}') or choose other data"
+                f"set the flow's shape to the data's (--model.flow.init_args.shape '{list(shape)}') or "
+                "choose other data"
             )
         if self.flow.n_classes and data is not None:
             n_classes = getattr(data, "n_classes", None)
@@ -297,7 +315,8 @@ class FlowModule(L.LightningModule):
                 has = f"{n_classes} classes" if n_classes else "no labels"
                 raise ValueError(
                     f"the model is class-conditional with {self.flow.n_classes} classes, but the data has {has}: "
-                    "set --model.flow.init_args.n_classes to the data's number of classes (or drop it for an unconditional model)"
+                    "set --model.flow.init_args.n_classes to the data's number of classes (or drop it for an "
+                    "unconditional model)"
                 )
 
     def on_fit_start(self) -> None:
@@ -315,7 +334,8 @@ class FlowModule(L.LightningModule):
         """``init_samples`` training samples (dequantised for image flows) and their labels, on the model's device."""
         if self.trainer.datamodule is None:
             raise RuntimeError(
-                "this flow has data-dependent layers: train it with a data module (trainer.fit(module, datamodule=...)) "
+                "this flow has data-dependent layers: train it with a data module (trainer.fit(module, "
+                "datamodule=...)) "
                 "or call flow.initialize(batch) before trainer.fit"
             )
         xs, ys, count = [], [], 0
@@ -335,10 +355,16 @@ class FlowModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         states = [checkpoint["state_dict"], checkpoint.get("current_model_state", {})]  # the latter with EMA
-        bad = [name for state in states for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        bad = [
+            name
+            for state in states
+            for name, t in state.items()
+            if t.is_floating_point() and not torch.isfinite(t).all()
+        ]
         if bad:
             raise TrainingDiverged(
-                f"refusing to write a checkpoint with non-finite weights ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
+                "refusing to write a checkpoint with non-finite weights "
+                f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); "
                 "the previous checkpoint is intact. Lower --model.lr or clip gradients (--trainer.gradient_clip_val)"
             )
         checkpoint["lgm_flow"] = flow_spec(self.flow)

@@ -17,11 +17,17 @@ SCHEDULES = ("constant", "cosine")
 FAST_IMPLEMENTATION = {"adam": {"fused": True}, "adamw": {"fused": True}, "adamax": {"foreach": True}}
 
 
-def make_optimizer(name: str, groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, groups: list[dict], lr: float, betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.optim.Optimizer:
     """The optimiser ``name`` (see `OPTIMIZERS`) over parameter ``groups``, in its fast implementation
     (`FAST_IMPLEMENTATION`) when every parameter is a floating-point tensor on a device that has it."""
     params = [p for group in groups for p in group["params"]]
-    fast = FAST_IMPLEMENTATION[name] if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params) else {}
+    fast = (
+        FAST_IMPLEMENTATION[name]
+        if all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+        else {}
+    )
     return OPTIMIZERS[name](groups, lr=lr, betas=betas, **fast)
 
 
@@ -29,9 +35,10 @@ def parameter_groups(flow: Flow, weight_decay: float, decay_scales: bool = False
     """Optimiser parameter groups: ``[decayed, not decayed]``.
 
     Decayed: the weights and biases of the linear and convolution layers inside the flow's networks
-    (`lgm.flow.Flow.networks`: the unconstrained function approximators of the couplings). Not decayed: everything else, i.e. the flow's own
-    parameters (NICE's scales, actnorm, 1x1 convolutions, priors, normalisation inside networks),
-    whose natural value is not 0. ``decay_scales=True`` decays every parameter.
+    (`lgm.flow.Flow.networks`: the unconstrained function approximators of the couplings). Not
+    decayed: everything else, i.e. the flow's own parameters (NICE's scales, actnorm, 1x1
+    convolutions, priors, normalisation inside networks), whose natural value is not 0.
+    ``decay_scales=True`` decays every parameter.
     """
     if decay_scales:
         return [{"params": list(flow.parameters()), "weight_decay": weight_decay}]

@@ -71,7 +71,9 @@ def sample_main(argv: list[str]) -> Path:
     else:
         lo, hi = x.quantile(0.005, dim=0), x.quantile(0.995, dim=0)
         margin = 0.1 * (hi - lo)
-        plot_samples(x, bounds=((lo[0] - margin[0], hi[0] + margin[0]), (lo[1] - margin[1], hi[1] + margin[1])), path=out)
+        plot_samples(
+            x, bounds=((lo[0] - margin[0], hi[0] + margin[0]), (lo[1] - margin[1], hi[1] + margin[1])), path=out
+        )
     info = flow.solver_info()
     cost = f" ({info['velocity_evaluations']} velocity evaluations, {info['solver']} x {info['steps']})" if info else ""
     print(f"wrote {args.n} samples at temperature {args.temperature} to {out}{cost}")
@@ -79,7 +81,10 @@ def sample_main(argv: list[str]) -> Path:
 
 
 def check_picture_path(out: Path) -> None:
-    """Raise a one-line error naming the fix unless the picture ``out`` can be written: checked before sampling starts."""
+    """Raise a one-line error naming the fix unless the picture ``out`` can be written: checked
+    before sampling starts."""
     if out.suffix.lower() not in PICTURE_SUFFIXES:
-        raise ValueError(f"cannot write --out {str(out)!r}: name a picture file ending in one of {', '.join(PICTURE_SUFFIXES)}")
+        raise ValueError(
+            f"cannot write --out {str(out)!r}: name a picture file ending in one of {', '.join(PICTURE_SUFFIXES)}"
+        )
     check_writable(out)

@@ -6,7 +6,7 @@ Every ``plot_*`` function returns the matplotlib `Figure` and also saves it when
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from matplotlib.figure import Figure
 from torch import Tensor
@@ -42,7 +42,9 @@ def plot_density_comparison(
     return finish(fig, path)
 
 
-def plot_samples(samples: Tensor, bounds: Bounds, data: Tensor | None = None, path: str | os.PathLike | None = None) -> Figure:
+def plot_samples(
+    samples: Tensor, bounds: Bounds, data: Tensor | None = None, path: str | os.PathLike | None = None
+) -> Figure:
     """A scatter plot of model ``samples``, over ``data`` if given."""
     fig = Figure(figsize=(5, 5))
     ax = fig.subplots()

@@ -37,7 +37,13 @@ def save_grid(images: Tensor, path: str | os.PathLike, nrow: int | None = None) 
 
 def _show(ax, images: Tensor, title: str, nrow: int | None = None) -> None:
     grid = grid_image(images, nrow)
-    ax.imshow((grid.squeeze(-1) if grid.shape[-1] == 1 else grid).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(
+        (grid.squeeze(-1) if grid.shape[-1] == 1 else grid).numpy(),
+        cmap="gray",
+        vmin=0,
+        vmax=1,
+        interpolation="nearest",
+    )
     ax.set_title(title)
     ax.axis("off")
 
@@ -71,7 +77,13 @@ def plot_latent_norms(norms: Tensor, dof: int, path: str | os.PathLike | None = 
     ax = fig.subplots()
     lo = min(norms.min().item(), math.sqrt(dof) - 4)
     hi = max(norms.max().item(), math.sqrt(dof) + 4)
-    ax.hist(norms.numpy(), bins=torch.linspace(lo, hi, 60).numpy(), density=True, alpha=0.6, label=f"test data ({len(norms)})")
+    ax.hist(
+        norms.numpy(),
+        bins=torch.linspace(lo, hi, 60).numpy(),
+        density=True,
+        alpha=0.6,
+        label=f"test data ({len(norms)})",
+    )
     r = torch.linspace(max(lo, 1e-3), hi, 400)
     ax.plot(r.numpy(), chi_log_pdf(r, dof).exp().numpy(), "k-", label=f"under the model: chi, {dof} degrees of freedom")
     ax.set_xlabel("latent norm ||z||")
