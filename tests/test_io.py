@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_transforms import randomise
+from helpers import randomise
 
 from lgm.flow import Compose, Flow, NiceFlow, StandardGaussian, load, save
 from lgm.flow.io import CheckpointError, check_compatible, flow_spec

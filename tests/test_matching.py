@@ -107,6 +107,7 @@ def gaussian_model(tmp_path_factory):
     return model
 
 
+@pytest.mark.slow
 def test_learned_velocity_matches_the_closed_form(gaussian_model):
     for t in (0.1, 0.5, 0.9):  # where the path's mass is at time t: x_t ~ N(t MEAN, sigma_t^2 I)
         sigma_t = math.sqrt((1 - t) ** 2 + t**2 * STD**2)
@@ -155,6 +156,7 @@ def random_image_model(**kwargs):
     return model
 
 
+@pytest.mark.slow
 def test_hutchinson_estimate_agrees_with_the_exact_divergence_within_its_error():
     exact_model, x = random_image_model(divergence="exact"), torch.randint(0, 256, (3, 1, 4, 4), dtype=torch.uint8)
     torch.manual_seed(2)
@@ -223,6 +225,7 @@ def test_class_conditional_model_needs_labels_and_saves_and_loads(tmp_path):
     assert torch.allclose(load(tmp_path / "fm.pt").log_prob(x, labels), model.log_prob(x, labels))
 
 
+@pytest.mark.slow
 def test_image_model_trains_validates_on_its_objective_and_tests_bits_per_dim(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     common = [

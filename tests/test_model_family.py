@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import math
 
-import numpy as np
+import pytest
 import torch
+from helpers import fake_data
 from torch import Tensor, nn
 
 from lgm.evaluate.classifier import classifier_for, save_classifier
@@ -51,22 +52,10 @@ class PixelGaussianFlow(Flow):
         self.init_args = {"shape": list(shape), "n_bits": n_bits}
 
 
-def fake_fashion(folder, n_train=300, n_test=60):
-    rng = np.random.default_rng(0)
-    x = (rng.random((n_train + n_test, 28, 28)) < 0.3).astype(np.uint8) * rng.integers(
-        100, 256, (n_train + n_test, 28, 28), dtype=np.uint8
-    )
-    y = rng.integers(0, 10, n_train + n_test)
-    np.savez(
-        folder / "fashion_mnist.npz", x_train=x[:n_train], y_train=y[:n_train], x_test=x[n_train:], y_test=y[n_train:]
-    )
-    return folder
-
-
+@pytest.mark.slow
 def test_a_family_defined_outside_the_package_trains_samples_evaluates_and_checks(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path / "cache"))
-    data = fake_fashion(tmp_path)
+    data = fake_data(tmp_path, n_train=300)
     main(
         [
             "fit",

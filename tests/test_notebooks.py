@@ -3,7 +3,9 @@
 from pathlib import Path
 
 import pytest
-from test_images import SHARED_DATA
+from helpers import SHARED_DATA
+
+pytestmark = pytest.mark.slow
 
 papermill = pytest.importorskip("papermill", reason="the notebook tests need the test extra (papermill, ipykernel)")
 

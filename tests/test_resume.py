@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from cli_runs import IMAGE_RUN, run_cli
+from helpers import IMAGE_RUN, run_cli
 
 from lgm.train.fit import read_history
+
+pytestmark = pytest.mark.slow
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 

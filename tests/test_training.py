@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from test_images import SHARED_DATA, needs_shared_data
+from helpers import SHARED_DATA, needs_shared_data
 
 from lgm.data import ToyDataModule, toy
 from lgm.flow import Glow, NiceFlow, load, save
@@ -21,6 +21,7 @@ from lgm.train import FlowModule
 from lgm.train.cli import main
 
 
+@pytest.mark.slow
 def test_short_training_reaches_the_banana_entropy(tmp_path):
     """Test NLL = H(true) + KL(true || model) >= H; the banana's entropy is log(2 pi e * 0.1 * 0.5)."""
     L.seed_everything(0)
@@ -176,6 +177,7 @@ def test_cli_test_subcommand_reports_test_nll(tmp_path, monkeypatch, capsys):
     assert "test/nll" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_console_script_is_installed():
     result = subprocess.run(
         [sys.executable, "-c", "from lgm.train.cli import main; main()", "fit", "--print_config"],

@@ -10,7 +10,7 @@ import re
 import lightning as L
 import pytest
 import torch
-from cli_runs import IMAGE_RUN, run_cli
+from helpers import IMAGE_RUN, SteppingClock, run_cli
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lgm.data import ImageDataModule, ToyDataModule, toy
@@ -332,6 +332,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
 # -- data parallelism on CPU (2 processes, gloo) -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_reduces_bits_per_dim_exactly(tmp_path):
     probe = json.dumps({"class_path": "training_probes.SaveRankState", "init_args": {"folder": str(tmp_path)}})
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
@@ -350,17 +351,6 @@ def test_ddp_on_two_cpu_processes_keeps_ranks_identical_and_reduces_bits_per_dim
         run_cli(["validate", *IMAGE_RUN, *extra, "--ckpt_path", last, f"--trainer.callbacks+={report}"], tmp_path)
         reports[name] = json.loads(out.read_text())["val/bpd"]
     assert reports["one"] == pytest.approx(reports["two"], abs=1e-5)
-
-
-class SteppingClock:
-    """A stand-in for the `time` module whose monotonic clock moves 20 s at every reading."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def monotonic(self) -> float:
-        self.now += 20.0
-        return self.now
 
 
 def test_snapshots_keep_checkpoints_at_training_time_marks_and_resume_their_clock(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from functools import partial
 
 import pytest
 import torch
+from helpers import randomise
 
 from lgm.flow import (
     SCALE_MAPS,
@@ -32,15 +33,6 @@ from lgm.flow.nets import glow_net, resnet
 from lgm.flow.preprocess import Center, Logit, Normalize
 
 DIM = 6
-
-
-def randomise(module: torch.nn.Module, seed: int = 0, std: float = 0.5) -> torch.nn.Module:
-    """Give every parameter random values, so no layer is a zero-initialised identity."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(std * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return module
 
 
 def randomised(name: str) -> torch.nn.Module:

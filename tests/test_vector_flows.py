@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_transforms import randomise
+from helpers import randomise
 
 from lgm.evaluate import integrate_density
 from lgm.flow import ActNorm, InvConv1x1, VectorGlow, VectorRealNVP
