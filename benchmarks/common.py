@@ -112,7 +112,7 @@ def lgm_model(config: Config, coupling: str = "affine") -> nn.Module:
             steps=config.steps,
             hidden=config.hidden,
             coupling=coupling,
-            permutation="conv_lu",
+            mixing="conv_lu",
             scale="sigmoid",
             learned_prior=False,
         )

@@ -33,7 +33,7 @@ from benchmarks.common import (
     start,
     uniform_images,
 )
-from lgm.flow import ActNorm, AdditiveCoupling, AffineCoupling, DiagonalScaling, InvConv1x1
+from lgm.flow import ActNorm, AdditiveVectorCoupling, DiagonalScaling, ImageCoupling, InvConv1x1
 
 
 def randomised(model: nn.Module, y: Tensor, seed: int = 0, std: float = 0.01) -> nn.Module:
@@ -105,7 +105,7 @@ def copy_glow(ours: nn.Module, theirs: nn.Module, affine: bool) -> None:
             copy_glow_net(coupling.net, their_coupling.flows[1].param_map.net, *_coupling_output_map(coupling, affine))
 
 
-def _coupling_output_map(coupling: AffineCoupling, affine: bool) -> tuple[Tensor, Tensor]:
+def _coupling_output_map(coupling: ImageCoupling, affine: bool) -> tuple[Tensor, Tensor]:
     """normflows' network output from lgm's: additive ``-t``; affine ``[t'_0, h_0, t'_1, h_1, ...]``
     against lgm's ``[h, t]`` halves, with ``t' = 0`` (lgm's shift is zeroed for this check)."""
     out = coupling.net[6].conv.out_channels
@@ -119,14 +119,14 @@ def _coupling_output_map(coupling: AffineCoupling, affine: bool) -> tuple[Tensor
 @torch.no_grad()
 def zero_shift(model: nn.Module) -> None:
     """Zero the shift half of every affine coupling's output (see the module docstring)."""
-    for coupling in (m for m in model.modules() if isinstance(m, AffineCoupling)):
+    for coupling in (m for m in model.modules() if isinstance(m, ImageCoupling)):
         last = coupling.net[6].conv
         last.weight[last.out_channels // 2 :] = 0
         last.bias[last.out_channels // 2 :] = 0
 
 
 def copy_nice(ours: nn.Module, theirs: nn.Module) -> None:
-    couplings = [t for t in ours.transform.transforms if isinstance(t, AdditiveCoupling)]
+    couplings = [t for t in ours.transform.transforms if isinstance(t, AdditiveVectorCoupling)]
     (scaling,) = [t for t in ours.transform.transforms if isinstance(t, DiagonalScaling)]
     for coupling, block in zip(couplings, reversed(theirs.flows[1:])):
         ours_net, their_net = coupling.net, block.flows[1].param_map.net

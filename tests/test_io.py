@@ -109,3 +109,14 @@ def test_files_written_by_earlier_versions_load_and_give_the_same_log_densities(
     with torch.no_grad():
         log_p = flow.log_prob(x, labels)
     torch.testing.assert_close(log_p, torch.tensor(expected["log_prob"][Path(name).stem]), rtol=1e-5, atol=1e-4)
+
+
+def test_format_1_arguments_renamed_since_are_converted_and_unknown_formats_refused(tmp_path):
+    payload = torch.load(FORMAT_1 / "matching_vector.pt", weights_only=True)
+    assert payload["lgm_flow"]["format"] == 1 and "coupling" in payload["lgm_flow"]["init_args"]
+    flow = load(FORMAT_1 / "matching_vector.pt")
+    assert flow.pairing == payload["lgm_flow"]["init_args"]["coupling"] and flow_spec(flow)["format"] == 2
+    payload["lgm_flow"]["format"] = 7
+    torch.save(payload, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="format 7; this version reads formats 1 to 2"):
+        load(tmp_path / "future.pt")

@@ -67,8 +67,8 @@ def test_bad_solver_names_and_step_counts_are_refused(solver, steps, message):
 
 
 def test_other_bad_arguments_are_refused():
-    with pytest.raises(ValueError, match="coupling must be one of"):
-        FlowMatching(2, coupling="sinkhorn")
+    with pytest.raises(ValueError, match="pairing must be one of"):
+        FlowMatching(2, pairing="sinkhorn")
     with pytest.raises(ValueError, match="divergence must be one of"):
         FlowMatching(2, divergence="skilling")
     with pytest.raises(ValueError, match="set n_bits for images"):
@@ -252,7 +252,7 @@ def test_image_model_trains_validates_on_its_objective_and_tests_bits_per_dim(tm
         "--trainer.log_every_n_steps",
         "1",
     ]
-    main(["fit", *common, "--trainer.max_epochs", "1", "--model.flow.init_args.coupling", "ot"])
+    main(["fit", *common, "--trainer.max_epochs", "1", "--model.flow.init_args.pairing", "ot"])
     run = next((tmp_path / "runs" / "lgm").iterdir())
     metrics = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/fm", "val/fm", "val/loss"} <= set(metrics) and "val/bpd" not in metrics
@@ -260,7 +260,7 @@ def test_image_model_trains_validates_on_its_objective_and_tests_bits_per_dim(tm
         [
             "test",
             *common,
-            "--model.flow.init_args.coupling",
+            "--model.flow.init_args.pairing",
             "ot",
             "--ckpt_path",
             str(run / "checkpoints" / "last.ckpt"),

@@ -49,7 +49,6 @@ class PixelGaussianFlow(Flow):
         super().__init__(
             Compose(*preprocess, PixelAffine(model_shape)), StandardGaussian(model_shape), shape, n_bits=n_bits
         )
-        self.init_args = {"shape": list(shape), "n_bits": n_bits}
 
 
 @pytest.mark.slow

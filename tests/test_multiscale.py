@@ -8,8 +8,8 @@ from helpers import randomise
 
 from lgm.flow import (
     ActNorm,
-    AffineCoupling,
     Glow,
+    ImageCoupling,
     InvConv1x1,
     Latent,
     RealNVP,
@@ -66,7 +66,7 @@ def brute_force_log_prob(model, x, labels=None):
     "build",
     [
         lambda: tiny_glow(),
-        lambda: tiny_glow(permutation="conv", coupling="additive", learned_prior=False),
+        lambda: tiny_glow(mixing="conv", coupling="additive", learned_prior=False),
         lambda: tiny_glow(shape=(3, 4, 4), n_classes=3, logit_alpha=0.05, data_range="unit"),
         lambda: tiny_realnvp(),
         lambda: tiny_realnvp(shape=(1, 4, 4), normalize="per_pixel", learned_prior=False),
@@ -109,7 +109,7 @@ def test_zero_initialised_glow_starts_linear():
     model = tiny_glow(scale="exp", shape=(1, 8, 8)).double()
     x = torch.rand(16, 1, 8, 8, dtype=torch.float64)
     model.initialize(x)
-    for coupling in (m for m in model.modules() if isinstance(m, AffineCoupling)):
+    for coupling in (m for m in model.modules() if isinstance(m, ImageCoupling)):
         h = torch.randn(5, 2 * coupling.net[0].in_channels, 2, 2, dtype=torch.float64)
         z, logdet = coupling(h)
         torch.testing.assert_close(z, h, rtol=0, atol=0)
@@ -306,7 +306,7 @@ def test_sides_not_divisible_name_the_fix():
 
 def test_channel_coupling_needs_an_even_channel_count():
     with pytest.raises(ValueError, match="needs an even count; got 3"):
-        AffineCoupling(3, glow_net, mask="channel")
+        ImageCoupling(3, glow_net, mask="channel")
 
 
 @pytest.mark.parametrize("training", [False, True])
@@ -320,7 +320,7 @@ def test_sampling_before_initialisation_is_refused_and_initialises_nothing(train
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"permutation": "random"}, "unknown permutation 'random'"),
+        ({"mixing": "random"}, "unknown mixing 'random'"),
         ({"coupling": "spline"}, "coupling must be 'affine' or 'additive'"),
         ({"scale": "relu"}, "unknown scale function 'relu'"),
         ({"levels": 0}, "levels and steps must be at least 1"),

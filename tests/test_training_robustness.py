@@ -15,7 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lgm.data import ImageDataModule, ToyDataModule, toy
 from lgm.flow import Glow, NiceFlow, load
-from lgm.flow.coupling import AffineCoupling
+from lgm.flow.coupling import ImageCoupling
 from lgm.flow.layers import ActNorm, InvConv1x1
 from lgm.train import FlowEMA, FlowModule, TrainingDiverged
 from lgm.train.checkpoint_io import AtomicCheckpointIO
@@ -245,7 +245,7 @@ def test_bf16_autocast_runs_networks_in_bf16_and_keeps_the_flow_in_float32():
     flow.initialize(torch.rand(64, 1, 8, 8))
     net_dtypes = []
     for module in flow.modules():
-        if isinstance(module, AffineCoupling):  # the coupling networks' own output, before the coupling casts it
+        if isinstance(module, ImageCoupling):  # the coupling networks' own output, before the coupling casts it
             module.net.register_forward_hook(lambda m, i, o: net_dtypes.append(o.dtype))
     torch.manual_seed(1)
     full = flow.bits_per_dim(x)
@@ -273,7 +273,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         module.flow.initialize(torch.rand(64, 1, 8, 8))
         module.setup("fit")
         net_calls = []
-        next(m for m in module.flow.modules() if isinstance(m, AffineCoupling)).net.register_forward_pre_hook(
+        next(m for m in module.flow.modules() if isinstance(m, ImageCoupling)).net.register_forward_pre_hook(
             lambda *_: net_calls.append(1)
         )
         torch.manual_seed(1)

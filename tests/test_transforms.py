@@ -11,13 +11,13 @@ from helpers import randomise
 from lgm.flow import (
     SCALE_MAPS,
     ActNorm,
-    AdditiveCoupling,
-    AffineCoupling,
+    AdditiveVectorCoupling,
     AffineVectorCoupling,
     ChannelPermutation,
     Compose,
     DiagonalScaling,
     Glow,
+    ImageCoupling,
     InvConv1x1,
     NiceFlow,
     Reshape,
@@ -53,7 +53,7 @@ def initialized(layer, shape=None):
 
 def image_coupling(channels, mask, parity, scale="sigmoid", affine=True, net="glow"):
     builder = partial(glow_net, hidden=8) if net == "glow" else partial(resnet, hidden=8, blocks=1)
-    layer = AffineCoupling(channels, builder, mask=mask, parity=parity, scale=scale, affine=affine)
+    layer = ImageCoupling(channels, builder, mask=mask, parity=parity, scale=scale, affine=affine)
     return initialized_net(layer, (channels, 4, 4))
 
 
@@ -64,8 +64,8 @@ def initialized_net(module, shape):
     return module.eval()
 
 
-def coupling(partition: str, change: str) -> AdditiveCoupling:
-    return AdditiveCoupling(DIM, mlp(DIM // 2, DIM // 2, hidden=8, depth=2), partition=partition, change=change)
+def coupling(partition: str, change: str) -> AdditiveVectorCoupling:
+    return AdditiveVectorCoupling(DIM, mlp(DIM // 2, DIM // 2, hidden=8, depth=2), partition=partition, change=change)
 
 
 TRANSFORMS = {
@@ -88,12 +88,10 @@ TRANSFORMS = {
     },
     "vector-realnvp": lambda: VectorRealNVP(shape=DIM, couplings=4, hidden=8).transform,
     **{
-        f"vector-glow-{permutation}": (
-            lambda permutation=permutation: initialized_net(
-                VectorGlow(DIM, 3, hidden=8, permutation=permutation).transform, (DIM,)
-            )
+        f"vector-glow-{mixing}": (
+            lambda mixing=mixing: initialized_net(VectorGlow(DIM, 3, hidden=8, mixing=mixing).transform, (DIM,))
         )
-        for permutation in ("conv_lu", "conv", "shuffle")
+        for mixing in ("conv_lu", "conv", "shuffle")
     },
     "nice-batchnorm-eval": lambda: NiceFlow(shape=(DIM,), hidden=8, depth=2, norm="batch").transform.eval(),
     "center": lambda: Center(),

@@ -55,7 +55,7 @@ def test_vector_glow_linear_map_starts_orthogonal_and_differs_by_step():
     [
         (dict(shape=3), "even"),
         (dict(steps=0), "steps must be at least 1"),
-        (dict(permutation="swap"), "unknown permutation"),
+        (dict(mixing="swap"), "unknown mixing"),
         (dict(scale="cube"), "scale"),
     ],
 )

@@ -7,7 +7,7 @@ Direction convention: ``forward`` maps data -> latent and returns ``(z, log|det 
 
 from lgm.flow.base import Compose, DataInitialized, Flow, Reshape, Transform
 from lgm.flow.checks import InvertibilityReport, check_invertible, jacobian_logdet
-from lgm.flow.coupling import AdditiveCoupling, AffineCoupling, AffineVectorCoupling
+from lgm.flow.coupling import AdditiveVectorCoupling, AffineVectorCoupling, ImageCoupling
 from lgm.flow.discrete import dequantize, quantize, reduce_bits
 from lgm.flow.glow import Glow, VectorGlow
 from lgm.flow.io import load, save
@@ -43,8 +43,8 @@ from lgm.flow.scales import SCALE_MAPS, get_scale_map
 
 __all__ = [
     "ActNorm",
-    "AdditiveCoupling",
-    "AffineCoupling",
+    "AdditiveVectorCoupling",
+    "ImageCoupling",
     "AffineVectorCoupling",
     "Capabilities",
     "Center",

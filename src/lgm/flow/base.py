@@ -10,6 +10,8 @@ Conventions used by every transform in `lgm.flow`:
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import numbers
 from collections.abc import Iterator
@@ -160,13 +162,19 @@ class Flow(nn.Module):
             ``log_prob`` is the density of dequantised images ``y = (x + u) / 2**n_bits`` in
             ``[0, 1]``, and `bits_per_dim` takes the discrete 8-bit images themselves.
 
-    Model classes built from plain arguments (`NiceFlow`, ...) record those arguments in
-    ``self.init_args`` so that `lgm.flow.save` / `lgm.flow.load` can rebuild them.
+    Every subclass records the arguments its constructor was called with (defaults filled in) in
+    ``self.init_args``, so that `lgm.flow.save` / `lgm.flow.load` can rebuild it, provided they are
+    plain values (numbers, strings, lists, dicts, None); a model built from modules records none.
     """
 
     init_args: dict[str, Any]
     n_classes: int | None = None
     capabilities = Capabilities()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording_init_args(cls, cls.__dict__["__init__"])
 
     def __init__(
         self, transform: Transform, prior: nn.Module, shape: tuple[int, ...], n_bits: int | None = None
@@ -381,6 +389,42 @@ class Flow(nn.Module):
     def per_dimension_log_scale(self) -> Tensor | None:
         """A learned log-scale per data dimension ``[D]`` where the family has one (NICE's final scaling), else None."""
         return None
+
+
+def _recording_init_args(cls: type, init):
+    """``init`` that, when ``cls`` is the class being built (not a base it extends), records its
+    arguments as ``self.init_args``."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def recording_init(self, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if type(self) is cls:
+            bound = signature.bind(self, *args, **kwargs)
+            bound.apply_defaults()
+            values = {name: _plain(v) for name, v in list(bound.arguments.items())[1:]}
+            if isinstance(values.get("shape"), int):  # a shape given as D means (D,), as every family reads it
+                values["shape"] = [values["shape"]]
+            if all(v is not _NOT_PLAIN for v in values.values()):
+                self.init_args = values
+
+    return recording_init
+
+
+_NOT_PLAIN = object()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain data (tuples become lists), or ``_NOT_PLAIN``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items) else items
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        items = {k: _plain(v) for k, v in value.items()}
+        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items.values()) else items
+    return _NOT_PLAIN
 
 
 def _fmt(shape: tuple[int, ...]) -> str:

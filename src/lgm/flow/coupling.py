@@ -95,7 +95,7 @@ class VectorCoupling(NetworkCoupling):
         return merge(kept, changed, self.partition)
 
 
-class AdditiveCoupling(VectorCoupling):
+class AdditiveVectorCoupling(VectorCoupling):
     """NICE's additive coupling (Dinh et al. 2014, eq. 5): ``z_b = x_b + m(x_a)``, ``z_a = x_a``.
 
     Volume preserving: ``logdet = 0`` exactly. Input and output ``[B, dim]``; ``net`` maps
@@ -146,9 +146,10 @@ def checkerboard(height: int, width: int, parity: int) -> Tensor:
     return (grid % 2 == 0).float()[None, None]
 
 
-class AffineCoupling(NetworkCoupling):
-    """Affine coupling on images (RealNVP, Glow): ``z_b = x_b * s + t``, ``z_a = x_a``, with
-    ``(h, t) = net(x_a)`` and ``s = positivity map(h)``; ``logdet = sum over x_b of log s``.
+class ImageCoupling(NetworkCoupling):
+    """Coupling on images (RealNVP, Glow): affine, ``z_b = x_b * s + t``, ``z_a = x_a``, with
+    ``(h, t) = net(x_a)`` and ``s = positivity map(h)``, ``logdet = sum over x_b of log s``; or,
+    with ``affine=False``, additive, ``z_b = x_b + t`` (Glow's additive coupling, ``logdet = 0``).
 
     Input and output ``[B, C, H, W]``.
 

@@ -13,17 +13,17 @@ from collections.abc import Sequence
 from functools import partial
 
 from lgm.flow.base import Compose, Flow, Reshape, Transform
-from lgm.flow.coupling import AffineCoupling, AffineVectorCoupling, check_partition
+from lgm.flow.coupling import AffineVectorCoupling, ImageCoupling, check_partition
 from lgm.flow.layers import ActNorm, ChannelPermutation, InvConv1x1, Squeeze
 from lgm.flow.multiscale import MultiScaleFlow, check_divisible
 from lgm.flow.nets import glow_net, mlp
 from lgm.flow.preprocess import make_preprocessing
 from lgm.flow.priors import SplitPrior, TopPrior, make_prior
 
-PERMUTATIONS = ("conv_lu", "conv", "reverse", "shuffle")
+MIXINGS = ("conv_lu", "conv", "reverse", "shuffle")
 
 
-def make_permutation(kind: str, channels: int, seed: int) -> Transform:
+def make_mixing(kind: str, channels: int, seed: int) -> Transform:
     """The channel mixing of a Glow step: invertible 1x1 conv (LU or plain) or a fixed permutation."""
     if kind == "conv_lu":
         return InvConv1x1(channels, lu=True, seed=seed)
@@ -31,7 +31,7 @@ def make_permutation(kind: str, channels: int, seed: int) -> Transform:
         return InvConv1x1(channels, lu=False, seed=seed)
     if kind in ("reverse", "shuffle"):
         return ChannelPermutation(channels, kind, seed=seed)
-    raise ValueError(f"unknown permutation {kind!r}; choose one of {list(PERMUTATIONS)}")
+    raise ValueError(f"unknown mixing {kind!r}; choose one of {list(MIXINGS)}")
 
 
 class Glow(MultiScaleFlow):
@@ -43,7 +43,9 @@ class Glow(MultiScaleFlow):
     Args:
         levels, steps, hidden: ``L``, ``K`` and the coupling networks' width (paper: 3, 32, 512).
         coupling: ``"affine"`` or ``"additive"``.
-        permutation: ``"conv_lu"``, ``"conv"`` (plain 1x1 conv), ``"reverse"`` or ``"shuffle"``.
+        mixing: how each step mixes the channels: ``"conv_lu"`` (LU-parametrised invertible 1x1
+            convolution), ``"conv"`` (plain 1x1 convolution), or a fixed permutation, ``"reverse"`` or
+            ``"shuffle"``.
         scale: the affine coupling's positivity map (see `lgm.flow.scales`); ``"sigmoid"`` is
             openai/glow's ``sigmoid(h + 2)``, ``"exp"`` the paper's.
         learned_prior: Glow's learned (conditional) priors at the splits and the top; else N(0, I).
@@ -60,7 +62,7 @@ class Glow(MultiScaleFlow):
         steps: int = 8,
         hidden: int = 128,
         coupling: str = "affine",
-        permutation: str = "conv_lu",
+        mixing: str = "conv_lu",
         scale: str = "sigmoid",
         learned_prior: bool = True,
         n_classes: int | None = None,
@@ -88,8 +90,8 @@ class Glow(MultiScaleFlow):
             for step in range(steps):
                 layers += [
                     ActNorm(c),
-                    make_permutation(permutation, c, seed + 1000 * level + step),
-                    AffineCoupling(c, net, mask="channel", scale=scale, affine=coupling == "affine"),
+                    make_mixing(mixing, c, seed + 1000 * level + step),
+                    ImageCoupling(c, net, mask="channel", scale=scale, affine=coupling == "affine"),
                 ]
             level_transforms.append(Compose(*layers))
             if level < levels - 1:
@@ -99,33 +101,11 @@ class Glow(MultiScaleFlow):
         latent_shapes.append((c, h, w))
         top = TopPrior((c, h, w), learned_prior, n_classes)
         super().__init__(preprocess, level_transforms, split_priors, top, latent_shapes, shape, n_bits, n_classes)
-        self.init_args = dict(
-            shape=list(shape),
-            levels=levels,
-            steps=steps,
-            hidden=hidden,
-            coupling=coupling,
-            permutation=permutation,
-            scale=scale,
-            learned_prior=learned_prior,
-            n_classes=n_classes,
-            n_bits=n_bits,
-            data_range=data_range,
-            logit_alpha=logit_alpha,
-            normalize=normalize,
-            pad_to=pad_to,
-            seed=seed,
-        )
 
     @classmethod
     def paper_cifar10(cls, **overrides) -> Glow:
         """The paper's CIFAR-10 model: L = 3, K = 32, width 512, affine coupling, LU 1x1 conv (GPU-sized)."""
         return cls(**{**dict(shape=(3, 32, 32), levels=3, steps=32, hidden=512), **overrides})
-
-    @classmethod
-    def cpu_fashion(cls, **overrides) -> Glow:
-        """A CPU-sized model for 28x28 images: L = 2, K = 8, width 64."""
-        return cls(**{**dict(shape=(1, 28, 28), levels=2, steps=8, hidden=64), **overrides})
 
 
 class VectorGlow(Flow):
@@ -141,7 +121,7 @@ class VectorGlow(Flow):
         shape: shape of one sample, ``2`` for 2-D points.
         steps: number of (actnorm, linear map, coupling) steps.
         hidden, depth, activation: each coupling network's MLP (`lgm.flow.nets.mlp`), zero-initialised.
-        permutation: ``"conv_lu"``, ``"conv"``, ``"reverse"`` or ``"shuffle"``, as in `Glow`.
+        mixing: ``"conv_lu"``, ``"conv"``, ``"reverse"`` or ``"shuffle"``, as in `Glow`.
         scale: the couplings' positivity map (see `lgm.flow.scales`); ``"sigmoid"`` is openai/glow's.
         prior: ``"gaussian"`` or ``"logistic"``.
         seed: seed of the linear maps' orthogonal initialisation and of shuffles.
@@ -154,7 +134,7 @@ class VectorGlow(Flow):
         hidden: int = 64,
         depth: int = 2,
         activation: str = "relu",
-        permutation: str = "conv_lu",
+        mixing: str = "conv_lu",
         scale: str = "sigmoid",
         prior: str = "gaussian",
         seed: int = 0,
@@ -168,18 +148,7 @@ class VectorGlow(Flow):
         for step in range(steps):
             layers += [
                 ActNorm(dim),
-                make_permutation(permutation, dim, seed + step),
+                make_mixing(mixing, dim, seed + step),
                 AffineVectorCoupling(dim, mlp(dim // 2, dim, hidden, depth, activation), scale=scale),
             ]
         super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape)
-        self.init_args = dict(
-            shape=list(shape),
-            steps=steps,
-            hidden=hidden,
-            depth=depth,
-            activation=activation,
-            permutation=permutation,
-            scale=scale,
-            prior=prior,
-            seed=seed,
-        )

@@ -2,12 +2,14 @@
 
 Both files hold the same two entries, so one reader serves both:
 
-* ``"lgm_flow"``: ``{"format": 1, "class_path": "lgm.flow.NiceFlow", "init_args": {...}}``, the
+* ``"lgm_flow"``: ``{"format": 2, "class_path": "lgm.flow.NiceFlow", "init_args": {...}}``, the
   recipe to rebuild the model with plain arguments;
 * ``"state_dict"``: the model's tensors, keys prefixed with ``"flow."`` (the attribute name under
   which the training module holds the model, so Lightning checkpoints need no conversion).
 
 Files are read with ``torch.load(weights_only=True)``: loading never runs code stored in the file.
+Files of an earlier format are read through `upgrade_spec`, which renames what has been renamed
+since (the tensors' names have not changed).
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ import torch
 
 from lgm.flow.base import Flow
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+
+# Constructor arguments renamed in format 2, per model class: {class: {old name: new name}}.
+RENAMED_IN_FORMAT_2 = {
+    "lgm.flow.matching.FlowMatching": {"coupling": "pairing"},  # "coupling" also named the coupling layers
+    "lgm.flow.glow.Glow": {"permutation": "mixing"},  # "conv_lu" is no permutation
+    "lgm.flow.glow.VectorGlow": {"permutation": "mixing"},
+}
 STATE_PREFIX = "flow."
 
 
@@ -141,6 +150,7 @@ def check_compatible(spec: dict | None, flow: Flow, source: str) -> None:
     """Raise `CheckpointError` unless the ``"lgm_flow"`` entry ``spec`` of ``source`` describes ``flow``."""
     if spec is None:
         raise CheckpointError(f"{source} is not an lgm-flow checkpoint: it has no 'lgm_flow' entry")
+    spec = upgrade_spec(spec, source)
     mine = flow_spec(flow)
     theirs = _with_defaults(type(flow), spec.get("init_args", {}))
     if spec.get("class_path") != mine["class_path"] or theirs != mine["init_args"]:
@@ -178,10 +188,7 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> F
             f"{str(path)!r} is not an lgm-flow file: it has no 'lgm_flow' entry. "
             "Use a checkpoint written by `lgm-flow fit` or a file written by lgm.flow.save"
         )
-    if spec.get("format") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{str(path)!r} has lgm-flow format {spec.get('format')!r}; this version reads format {FORMAT_VERSION}"
-        )
+    spec = upgrade_spec(spec, str(path))
     flow = build_flow(spec)
     state = {k[len(STATE_PREFIX) :]: v for k, v in payload["state_dict"].items() if k.startswith(STATE_PREFIX)}
     try:
@@ -192,6 +199,21 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> F
             f"written by an incompatible version or edited. Details: {str(e)[:500]}"
         ) from e
     return flow.to(map_location).eval()
+
+
+def upgrade_spec(spec: dict, source: str) -> dict:
+    """The ``"lgm_flow"`` entry ``spec`` of ``source`` in today's format (formats 1 and 2 are read)."""
+    version = spec.get("format")
+    if version not in (1, FORMAT_VERSION):
+        raise CheckpointError(
+            f"{source!r} has lgm-flow format {version!r}; this version reads formats 1 to {FORMAT_VERSION}: "
+            "load it with the lgm-flow version that wrote it"
+        )
+    if version == 1:
+        renamed = RENAMED_IN_FORMAT_2.get(spec.get("class_path"), {})
+        init_args = {renamed.get(k, k): v for k, v in spec.get("init_args", {}).items()}
+        spec = {**spec, "format": FORMAT_VERSION, "init_args": init_args}
+    return spec
 
 
 def build_flow(spec: dict) -> Flow:

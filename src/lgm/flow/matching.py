@@ -4,7 +4,7 @@ flow, Liu et al. 2023).
 A velocity field ``v(y, t)`` moves noise ``y_0 ~ N(0, I)`` at ``t = 0`` to data ``y_1`` at ``t = 1``
 along ``dy/dt = v(y, t)``. Training regresses ``v`` on the straight conditional path
 ``y_t = (1 - t) y_0 + t y_1``, whose velocity is ``y_1 - y_0``; pairing noise and data by a
-minibatch optimal-transport assignment (``coupling="ot"``) straightens the learned paths.
+minibatch optimal-transport assignment (``pairing="ot"``) straightens the learned paths.
 
 The same conventions as every flow here: ``encode`` goes data -> latent (integrating from ``t = 1``
 to ``t = 0``), ``decode`` latent -> data, and ``log_prob`` is exact up to the solver's error by the
@@ -38,7 +38,7 @@ from lgm.flow.priors import StandardGaussian
 from lgm.flow.velocity import VelocityMLP, VelocityUNet
 
 DIVERGENCES = ("auto", "exact", "hutchinson")
-COUPLINGS = ("independent", "ot")
+PAIRINGS = ("independent", "ot")
 EXACT_DIVERGENCE_MAX_DIM = 64  # "auto" uses the exact divergence up to this many dimensions
 
 
@@ -55,7 +55,7 @@ class FlowMatching(Flow):
             (``n_bits=None`` for continuous data). ``normalize="global"`` or ``"per_pixel"`` scales the
             data to unit variance (set from the first batch), the scale of the Gaussian source; its
             log-determinant enters bits/dim like every preprocessing step's.
-        coupling: ``"independent"`` noise-data pairs, or ``"ot"``: each batch's pairs re-matched by an
+        pairing: ``"independent"`` noise-data pairs, or ``"ot"``: each batch's pairs re-matched by an
             exact assignment minimising the total squared distance (minibatch optimal transport).
         solver, steps: the ODE solver (see `lgm.flow.ode`) and its number of steps, for sampling and
             encoding. Change them after training at will (`use_solver`).
@@ -81,7 +81,7 @@ class FlowMatching(Flow):
         logit_alpha: float | None = None,
         normalize: str | None = None,
         pad_to: int | None = None,
-        coupling: str = "independent",
+        pairing: str = "independent",
         solver: str = "rk4",
         steps: int = 32,
         likelihood_solver: str = "auto",
@@ -93,8 +93,8 @@ class FlowMatching(Flow):
     ) -> None:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         check_solver(solver, steps)
-        if coupling not in COUPLINGS:
-            raise ValueError(f"coupling must be one of {COUPLINGS}, got {coupling!r}")
+        if pairing not in PAIRINGS:
+            raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
         if divergence not in DIVERGENCES:
             raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
         if probes < 1:
@@ -114,33 +114,11 @@ class FlowMatching(Flow):
         else:
             self.velocity = VelocityUNet(model_shape[0], tuple(widths), embed, n_classes)
         self.n_classes = n_classes
-        self.coupling, self.solver, self.steps = coupling, solver, steps
+        self.pairing, self.solver, self.steps = pairing, solver, steps
         self.likelihood_solver, self.likelihood_steps = likelihood_solver, likelihood_steps
         check_solver(*self.likelihood_integration)
         self.divergence, self.probes, self.rtol, self.atol = divergence, probes, rtol, atol
         self.last_nfe = 0  # function evaluations of the latest integration
-        self.init_args = {
-            "shape": list(shape),
-            "hidden": hidden,
-            "depth": depth,
-            "widths": list(widths),
-            "embed": embed,
-            "n_classes": n_classes,
-            "n_bits": n_bits,
-            "data_range": data_range,
-            "logit_alpha": logit_alpha,
-            "normalize": normalize,
-            "pad_to": pad_to,
-            "coupling": coupling,
-            "solver": solver,
-            "steps": steps,
-            "likelihood_solver": likelihood_solver,
-            "likelihood_steps": likelihood_steps,
-            "divergence": divergence,
-            "probes": probes,
-            "rtol": rtol,
-            "atol": atol,
-        }
 
     def use_solver(self, solver: str | None = None, steps: int | None = None) -> None:
         """Integrate with ``solver`` and ``steps`` from now on (``None`` keeps the current one);
@@ -191,7 +169,7 @@ class FlowMatching(Flow):
         ``t ~ U[0, 1]``, ``y_1`` the (dequantised, preprocessed) data and ``y_0 ~ N(0, I)``."""
         y1 = self._to_model_space(x, labels)
         y0 = torch.randn_like(y1)
-        if self.coupling == "ot":
+        if self.pairing == "ot":
             y0 = y0[_ot_assignment(y0, y1)]
         t = torch.rand(len(y1), device=y1.device)
         tt = t.view(-1, *[1] * (y1.dim() - 1))

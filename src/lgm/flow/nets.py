@@ -82,7 +82,7 @@ class ZeroConv2d(nn.Module):
         return scaled_conv(self.conv, torch.exp(3 * self.logs).flatten(), x)
 
 
-class ActNormLayer(nn.Module):
+class NetActNorm(nn.Module):
     """Actnorm inside a coupling network, where no log-det is needed (the coupling stays invertible)."""
 
     def __init__(self, channels: int) -> None:
@@ -123,11 +123,11 @@ class ChannelsLastNet(nn.Sequential):
       reordered into a blocked layout and back at every convolution. The (narrow) input is converted
       once on the way in and the output returned in the ordinary contiguous layout, so callers see
       no difference; the weights are stored channels-last too.
-    * ``Conv2d`` then `ActNormLayer` runs as `ActNormLayer.after_conv`: the same map, with one pass
+    * ``Conv2d`` then `NetActNorm` runs as `NetActNorm.after_conv`: the same map, with one pass
       over the hidden activations fewer and those activations not kept for the backward pass. Until
       the actnorm is initialised from data, the two run separately (the actnorm needs to see the
       convolution's output). Fused, the pair runs as one functional convolution: forward hooks on
-      that ``Conv2d`` and `ActNormLayer` do not fire (hooks on the network itself and on the ReLUs do).
+      that ``Conv2d`` and `NetActNorm` do not fire (hooks on the network itself and on the ReLUs do).
 
     It is a `nn.Sequential` underneath, so state-dict keys are those of a plain one and checkpoints
     load either way. Input ``[B, C_in, H, W]``, output ``[B, C_out, H, W]`` (contiguous).
@@ -143,11 +143,7 @@ class ChannelsLastNet(nn.Sequential):
         i = 0
         while i < len(layers):
             layer, following = layers[i], layers[i + 1] if i + 1 < len(layers) else None
-            if (
-                isinstance(layer, nn.Conv2d)
-                and isinstance(following, ActNormLayer)
-                and following.actnorm.is_initialized
-            ):
+            if isinstance(layer, nn.Conv2d) and isinstance(following, NetActNorm) and following.actnorm.is_initialized:
                 x, i = following.after_conv(layer, x), i + 2
             else:
                 x, i = layer(x), i + 1
@@ -161,10 +157,10 @@ def glow_net(in_channels: int, out_channels: int, hidden: int = 128) -> Channels
     """
     return ChannelsLastNet(
         nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
-        ActNormLayer(hidden),
+        NetActNorm(hidden),
         nn.ReLU(inplace=True),
         nn.Conv2d(hidden, hidden, 1, bias=False),
-        ActNormLayer(hidden),
+        NetActNorm(hidden),
         nn.ReLU(inplace=True),
         ZeroConv2d(hidden, out_channels),
     )
@@ -176,10 +172,10 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            ActNormLayer(channels),
+            NetActNorm(channels),
             nn.ReLU(),
             nn.Conv2d(channels, channels, 3, padding=1),
-            ActNormLayer(channels),
+            NetActNorm(channels),
             nn.ReLU(),
             nn.Conv2d(channels, channels, 3, padding=1),
         )
@@ -193,7 +189,7 @@ def resnet(in_channels: int, out_channels: int, hidden: int = 64, blocks: int = 
     return ChannelsLastNet(
         nn.Conv2d(in_channels, hidden, 3, padding=1),
         *(ResidualBlock(hidden) for _ in range(blocks)),
-        ActNormLayer(hidden),
+        NetActNorm(hidden),
         nn.ReLU(),
         ZeroConv2d(hidden, out_channels),
     )

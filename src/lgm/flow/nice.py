@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from lgm.flow.base import Compose, Flow, Reshape
-from lgm.flow.coupling import AdditiveCoupling, check_partition
+from lgm.flow.coupling import AdditiveVectorCoupling, check_partition
 from lgm.flow.layers import DiagonalScaling
 from lgm.flow.nets import mlp
 from lgm.flow.preprocess import make_preprocessing
@@ -74,25 +74,11 @@ class NiceFlow(Flow):
         layers.append(Reshape(model_shape, (dim,)))
         for i in range(couplings):
             net = mlp(dim // 2, dim // 2, hidden=hidden, depth=depth, activation=activation, norm=norm)
-            layers.append(AdditiveCoupling(dim, net, partition=partition, change="second" if i % 2 == 0 else "first"))
+            layers.append(
+                AdditiveVectorCoupling(dim, net, partition=partition, change="second" if i % 2 == 0 else "first")
+            )
         layers.append(DiagonalScaling(dim, scale=scale))
         super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape, n_bits=n_bits)
-        self.init_args = dict(
-            shape=list(shape),
-            couplings=couplings,
-            hidden=hidden,
-            depth=depth,
-            activation=activation,
-            norm=norm,
-            partition=partition,
-            scale=scale,
-            prior=prior,
-            n_bits=n_bits,
-            data_range=data_range,
-            logit_alpha=logit_alpha,
-            normalize=normalize,
-            pad_to=pad_to,
-        )
 
     @property
     def scaling(self) -> DiagonalScaling:

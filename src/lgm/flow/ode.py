@@ -22,7 +22,6 @@ Dynamics = Callable[[float, State], State]
 
 FIXED_STEP_SOLVERS = ("euler", "midpoint", "heun", "rk4")
 SOLVERS = (*FIXED_STEP_SOLVERS, "dopri5")
-STAGES = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
 
 
 def check_solver(solver: str, steps: int) -> None:

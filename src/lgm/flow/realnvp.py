@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from functools import partial
 
 from lgm.flow.base import Compose, Flow, Reshape, Transform
-from lgm.flow.coupling import AffineCoupling, AffineVectorCoupling, check_partition
+from lgm.flow.coupling import AffineVectorCoupling, ImageCoupling, check_partition
 from lgm.flow.layers import ActNorm, Squeeze
 from lgm.flow.multiscale import MultiScaleFlow, check_divisible
 from lgm.flow.nets import mlp, resnet
@@ -64,7 +64,7 @@ class RealNVP(MultiScaleFlow):
         def couplings(channels: int, mask: str, count: int) -> list[Transform]:
             layers: list[Transform] = []
             for parity in range(count):
-                layers += [AffineCoupling(channels, net, mask=mask, parity=parity % 2, scale=scale), ActNorm(channels)]
+                layers += [ImageCoupling(channels, net, mask=mask, parity=parity % 2, scale=scale), ActNorm(channels)]
             return layers
 
         level_transforms, split_priors, latent_shapes = [], [], []
@@ -79,20 +79,6 @@ class RealNVP(MultiScaleFlow):
         latent_shapes.append((c, h, w))
         top = TopPrior((c, h, w), learned_prior, n_classes)
         super().__init__(preprocess, level_transforms, split_priors, top, latent_shapes, shape, n_bits, n_classes)
-        self.init_args = dict(
-            shape=list(shape),
-            levels=levels,
-            hidden=hidden,
-            blocks=blocks,
-            scale=scale,
-            learned_prior=learned_prior,
-            n_classes=n_classes,
-            n_bits=n_bits,
-            data_range=data_range,
-            logit_alpha=logit_alpha,
-            normalize=normalize,
-            pad_to=pad_to,
-        )
 
 
 class VectorRealNVP(Flow):
@@ -131,13 +117,3 @@ class VectorRealNVP(Flow):
             change = "second" if i % 2 == 0 else "first"
             layers.append(AffineVectorCoupling(dim, net, partition=partition, change=change, scale=scale))
         super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape)
-        self.init_args = dict(
-            shape=list(shape),
-            couplings=couplings,
-            hidden=hidden,
-            depth=depth,
-            activation=activation,
-            partition=partition,
-            scale=scale,
-            prior=prior,
-        )

@@ -61,7 +61,7 @@ class VelocityMLP(nn.Module):
         return self.net(torch.cat((x, self.conditioning(t, labels)), dim=1))
 
 
-class ResidualBlock(nn.Module):
+class ConditionedResidualBlock(nn.Module):
     """GroupNorm-SiLU-conv twice, with the conditioning added in between and a 1x1 skip if widths differ."""
 
     def __init__(self, c_in: int, c_out: int, embed: int) -> None:
@@ -93,10 +93,12 @@ class VelocityUNet(nn.Module):
         self.conditioning = Conditioning(embed, n_classes)
         self.factor = 2 ** (len(widths) - 1)
         self.stem = nn.Conv2d(channels, widths[0], 3, padding=1)
-        self.down = nn.ModuleList(ResidualBlock(a, b, embed) for a, b in zip((widths[0], *widths[:-1]), widths))
-        self.middle = ResidualBlock(widths[-1], widths[-1], embed)
+        self.down = nn.ModuleList(
+            ConditionedResidualBlock(a, b, embed) for a, b in zip((widths[0], *widths[:-1]), widths)
+        )
+        self.middle = ConditionedResidualBlock(widths[-1], widths[-1], embed)
         self.up = nn.ModuleList(
-            ResidualBlock(2 * w, w_out, embed)
+            ConditionedResidualBlock(2 * w, w_out, embed)
             for w, w_out in zip(reversed(widths), (*reversed(widths[:-1]), widths[0]))
         )
         self.head = nn.Sequential(
