@@ -109,15 +109,13 @@ IMAGE_RUN = [
 
 
 def run_cli(args: list[str], cwd: Path, returncode: int = 0) -> subprocess.CompletedProcess:
-    """``python -m lgm.train.cli ARGS`` in ``cwd`` on one thread, with this folder importable (for the
+    """``python -m lgm.cli ARGS`` in ``cwd`` on one thread, with this folder importable (for the
     probes of `training_probes`); asserts the exit status."""
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
     }
-    result = subprocess.run(
-        [sys.executable, "-m", "lgm.train.cli", *args], cwd=cwd, env=env, capture_output=True, text=True
-    )
+    result = subprocess.run([sys.executable, "-m", "lgm.cli", *args], cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == returncode, result.stderr[-3000:]
     return result

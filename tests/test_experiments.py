@@ -8,8 +8,8 @@ import pytest
 from helpers import SteppingClock, fake_data
 
 from experiments import curve
+from lgm.cli import main
 from lgm.train import callbacks
-from lgm.train.cli import main
 
 
 @pytest.mark.slow

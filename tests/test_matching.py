@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from lgm.cli import main
 from lgm.data import ToyDataModule
 from lgm.evaluate import integrate_density
 from lgm.flow import FlowMatching, load, save
@@ -14,7 +15,6 @@ from lgm.flow.io import CheckpointError
 from lgm.flow.matching import _ot_assignment
 from lgm.flow.ode import odeint
 from lgm.train import fit_flow
-from lgm.train.cli import main
 
 MEAN, STD = torch.tensor([1.0, -0.5]), 0.5
 

@@ -12,6 +12,7 @@ import torch
 from helpers import fake_data
 from torch import Tensor, nn
 
+from lgm.cli import main
 from lgm.evaluate.classifier import classifier_for, save_classifier
 from lgm.flow import (
     Compose,
@@ -22,7 +23,6 @@ from lgm.flow import (
     load,
     make_preprocessing,
 )
-from lgm.train.cli import main
 
 
 class PixelAffine(Transform):

@@ -13,13 +13,13 @@ import torch
 from helpers import IMAGE_RUN, SteppingClock, run_cli
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lgm.cli import main
 from lgm.data import ImageDataModule, ToyDataModule, toy
 from lgm.flow import Glow, NiceFlow, load
 from lgm.flow.coupling import ImageCoupling
 from lgm.flow.layers import ActNorm, InvConv1x1
 from lgm.train import FlowEMA, FlowModule, TrainingDiverged
 from lgm.train.checkpoint_io import AtomicCheckpointIO
-from lgm.train.cli import main
 from lgm.train.ema import ema_with_warmup
 from lgm.train.optim import OPTIMIZERS, lr_factor, make_optimizer, parameter_groups
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lgm.data.images import get_dataset
-from lgm.flow.io import atomic_write_bytes
+from lgm.utils.files import atomic_write_bytes
 
 SIZE = 32
 FEATURE_DIM = 256

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from lgm.data.images import load_images, validation_split
 from lgm.evaluate.classifier import SHIPPED_WEIGHTS, Classifier, load_classifier
-from lgm.flow.io import atomic_save
+from lgm.utils.files import atomic_save
 
 INCEPTION_FILE = "default_1.pt"
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -35,9 +36,9 @@ from lgm.evaluate.diagnostics import (
 from lgm.evaluate.features import SPLITS, Protocol, get_protocol, real_images
 from lgm.evaluate.quality import QUALITY_METRICS, generate, quality_metrics, reference_features
 from lgm.flow.base import Flow
-from lgm.flow.discrete import dequantize, reduce_bits
-from lgm.flow.io import atomic_write_text, flow_spec, load
-from lgm.viz.images import plot_corruption, plot_image_panels, plot_interpolations, plot_latent_norms, plot_scales
+from lgm.flow.discrete import dequantize_images
+from lgm.flow.io import flow_spec, load
+from lgm.utils.files import atomic_write_text
 
 METRICS = ("bpd", *QUALITY_METRICS, *(f"inception_{m}" for m in ("fid", "kid", "pr")))
 BASELINES = ("test", "noisy_test", "gaussian")
@@ -97,9 +98,18 @@ def _protocol_metrics(settings: EvalSettings, images_for, protocol: Protocol, wa
 
 
 def evaluate(
-    out: str | Path, settings: EvalSettings, ckpt: str | Path | None = None, baseline: str | None = None
+    out: str | Path,
+    settings: EvalSettings,
+    ckpt: str | Path | None = None,
+    baseline: str | None = None,
+    draw: Callable[[dict, Path], dict[str, str]] | None = None,
 ) -> dict:
-    """Evaluate a flow checkpoint (``ckpt``) or a baseline image set; write ``out`` (JSON) and figures beside it."""
+    """Evaluate a flow checkpoint (``ckpt``) or a baseline image set and write the report ``out`` (JSON).
+
+    With ``settings.figures``, a model's diagnostics are computed; ``draw(figures, stem)`` (e.g.
+    `lgm.viz.report.draw_report_figures`, which ``lgm-flow evaluate`` passes) then writes each figure
+    beside the report as ``<stem>_<name>.png`` and returns their paths, listed in the report.
+    """
     settings.check()
     if (ckpt is None) == (baseline is None):
         raise ValueError("evaluate needs exactly one of a checkpoint (--ckpt) and a baseline (--baseline)")
@@ -167,7 +177,8 @@ def evaluate(
         metrics[name] = _protocol_metrics(settings, samples_of, protocol, requested[name], n)
     report["metrics"] = metrics
     if flow is not None and settings.figures:
-        report["diagnostics"], report["figures"] = _flow_figures(flow, arrays, settings, out)
+        report["diagnostics"], figures = _flow_diagnostics(flow, arrays, settings)
+        report["figures"] = draw(figures, out.with_suffix("")) if draw is not None else {}
     report["wall_time_s"] = round(time.time() - start, 1)
     atomic_write_text(_json(report), out)
     stages.discard()
@@ -305,36 +316,29 @@ def _bits_per_dim(flow: Flow | None, arrays, settings: EvalSettings, baseline: s
 
 
 @torch.no_grad()
-def _flow_figures(flow: Flow, arrays, settings: EvalSettings, out: Path) -> tuple[dict, dict]:
-    stem = out.with_suffix("")
-    figures: dict[str, str] = {}
+def _flow_diagnostics(flow: Flow, arrays, settings: EvalSettings) -> tuple[dict, dict[str, tuple[str, dict]]]:
+    """``(diagnostics, figures)``: numbers for the report, and the material of each figure as
+    ``{name: (kind, arguments)}`` for a drawing function (`lgm.viz.report.draw_report_figures`)."""
+    figures: dict[str, tuple[str, dict]] = {}
     diagnostics: dict = {}
-
-    def path(name: str) -> str:
-        figures[name] = str(stem) + f"_{name}.png"
-        return figures[name]
-
     g = torch.Generator().manual_seed(settings.seed)
     pick = torch.randperm(len(arrays.x_test), generator=g)
     x_show, y_show = arrays.x_test[pick[:64]], arrays.y_test[pick[:64]]
     labels = y_show if flow.n_classes else None
     torch.manual_seed(settings.seed)
     panels = [(f"T = {t}", generate(flow, 36, t, settings.seed)) for t in settings.figure_temperatures]
-    plot_image_panels(panels, size=3, path=path("samples_temperatures"))
-    plot_image_panels(
-        [
-            (f"real ({settings.data} test)", x_show),
-            (f"generated (T = {settings.temperature})", generate(flow, 64, settings.temperature, settings.seed)),
-        ],
-        path=path("real_vs_generated"),
-    )
+    figures["samples_temperatures"] = ("image_panels", {"panels": panels, "size": 3})
+    real_and_generated = [
+        (f"real ({settings.data} test)", x_show),
+        (f"generated (T = {settings.temperature})", generate(flow, 64, settings.temperature, settings.seed)),
+    ]
+    figures["real_vs_generated"] = ("image_panels", {"panels": real_and_generated})
 
     x = to_data(x_show)
     back = flow.decode(flow.encode(x, labels), labels)
     diagnostics["reconstruction_max_abs_error"] = (back - x).abs().max().item()
-    plot_image_panels(
-        [("test images", x[:32]), ("decode(encode(x))", back[:32].clamp(0, 1))], nrow=8, path=path("reconstructions")
-    )
+    reconstructions = [("test images", x[:32]), ("decode(encode(x))", back[:32].clamp(0, 1))]
+    figures["reconstructions"] = ("image_panels", {"panels": reconstructions, "nrow": 8})
 
     xa, xb = x[:6], x[6:12]
     levels = flow.capabilities.latent_levels
@@ -343,7 +347,10 @@ def _flow_figures(flow: Flow, arrays, settings: EvalSettings, out: Path) -> tupl
         name = "interpolation" if k == levels else f"interpolation_levels{k}"
         what = "all levels" if k == levels else f"the first {k} (finest) latent(s) only"
         frames = flow.interpolate(xa, xb, steps=9, levels=k, labels=labels_ab)
-        plot_interpolations(frames, "latent interpolation" + (f", {what}" if levels > 1 else ""), path=path(name))
+        figures[name] = (
+            "interpolations",
+            {"frames": frames, "title": "latent interpolation" + (f", {what}" if levels > 1 else "")},
+        )
 
     n_norm = min(2000, len(arrays.x_test))
     # Dequantised as in training: under a perfect model these latents follow the prior exactly.
@@ -351,7 +358,7 @@ def _flow_figures(flow: Flow, arrays, settings: EvalSettings, out: Path) -> tupl
         [
             standardized_latents(
                 flow,
-                dequantize(reduce_bits(arrays.x_test[i : i + 500], flow.n_bits), flow.n_bits),
+                dequantize_images(arrays.x_test[i : i + 500], flow.n_bits),
                 arrays.y_test[i : i + 500] if flow.n_classes else None,
             )
             for i in range(0, n_norm, 500)
@@ -359,23 +366,22 @@ def _flow_figures(flow: Flow, arrays, settings: EvalSettings, out: Path) -> tupl
     )
     norms, dof = eps.norm(dim=1), eps.shape[1]
     diagnostics["latent_norms"] = {"test_mean": norms.mean().item(), "dimensions": dof, "chi_mean": chi_mean(dof)}
-    plot_latent_norms(norms, dof, path=path("latent_norms"))
+    figures["latent_norms"] = ("latent_norms", {"norms": norms, "dof": dof})
 
     log_scale = flow.per_dimension_log_scale()
     if log_scale is not None:
-        log_scale = log_scale.cpu()
         side = math.isqrt(len(log_scale) // flow.shape[0])
-        plot_scales(
-            log_scale.reshape(flow.shape[0], side, side)[0],
-            f"{type(flow).__name__} log-scales per dimension",
-            path=path("log_scales"),
+        image = log_scale.cpu().reshape(flow.shape[0], side, side)[0]
+        figures["log_scales"] = (
+            "scales",
+            {"log_scale": image, "title": f"{type(flow).__name__} log-scales per dimension"},
         )
 
     x_corrupt, y_corrupt = arrays.x_test[pick[:500]], arrays.y_test[pick[:500]]
     torch.manual_seed(settings.seed)
     curves = corrupted_likelihoods(flow, x_corrupt, y_corrupt if flow.n_classes else None, seed=settings.seed)
     diagnostics["corruption"] = {**curves, "images": len(x_corrupt)}
-    plot_corruption(curves, path=path("corruption"))
+    figures["corruption"] = ("corruption", {"curves": curves})
     return diagnostics, figures
 
 

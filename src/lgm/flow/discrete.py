@@ -38,6 +38,12 @@ def dequantize(x: Tensor, n_bits: int, dtype: torch.dtype = torch.float32) -> Te
     return (x.to(dtype) + u) / 2**n_bits
 
 
+def dequantize_images(x: Tensor, n_bits: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """8-bit images ``x`` (integers 0..255) -> dequantised ``n_bits``-bit images in ``[0, 1)``: what a
+    model of ``n_bits`` sees in training (`reduce_bits`, then `dequantize`)."""
+    return dequantize(reduce_bits(x, n_bits), n_bits, dtype)
+
+
 def quantize(y: Tensor, n_bits: int) -> Tensor:
     """Continuous ``y`` in ``[0, 1]`` -> 8-bit images (uint8) showing ``n_bits``-bit levels.
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from lgm.flow.base import Compose, Flow, data_initialization
-from lgm.flow.discrete import check_images, dequantize, reduce_bits
+from lgm.flow.discrete import check_images, dequantize_images
 from lgm.flow.latent import Capabilities, Latent
 from lgm.flow.ode import SOLVERS, check_solver, odeint
 from lgm.flow.preprocess import make_preprocessing
@@ -181,7 +181,7 @@ class FlowMatching(Flow):
         self.check_labels(labels, x.shape[0])
         if self.n_bits is not None:
             check_images(x, self.shape)
-            x = dequantize(reduce_bits(x, self.n_bits), self.n_bits)
+            x = dequantize_images(x, self.n_bits)
         self.check_input(x)
         return self.transform(x)[0]
 

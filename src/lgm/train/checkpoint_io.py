@@ -6,7 +6,7 @@ from typing import Any
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from lgm.flow.io import atomic_save
+from lgm.utils.files import atomic_save
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -29,7 +29,7 @@ class FlowEMA(WeightAveraging):
     """An exponential moving average of the weights (and buffers) with Lightning's `WeightAveraging`,
     with the defaults and hooks flows need.
 
-    The average is what validation measures, what `lgm.train.SampleGrid` draws from, what
+    The average is what validation measures, what `lgm.viz.SampleGrid` draws from, what
     checkpoints store as the model (``state_dict``; the raw weights go to ``current_model_state``
     so that a resumed run continues exactly) and what the module holds after training, so
     ``lgm.flow.load`` and ``lgm-flow test`` see the averaged model.

@@ -12,7 +12,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lgm.flow.base import DataInitialized, Flow
-from lgm.flow.discrete import dequantize, reduce_bits
+from lgm.flow.discrete import dequantize_images
 from lgm.flow.io import check_compatible, flow_spec
 from lgm.train.guard import TrainingDiverged, describe_nonfinite
 from lgm.train.optim import OPTIMIZERS, SCHEDULES, lr_factor, make_optimizer, parameter_groups
@@ -350,7 +350,7 @@ class FlowModule(L.LightningModule):
         x = torch.cat(xs)[:n].to(self.device)
         labels = torch.cat(ys)[:n].to(self.device) if self.flow.n_classes else None
         if self.flow.n_bits is not None:
-            x = dequantize(reduce_bits(x, self.flow.n_bits), self.flow.n_bits)
+            x = dequantize_images(x, self.flow.n_bits)
         return x, labels
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -4,6 +4,7 @@ Every ``plot_*`` function returns a matplotlib `Figure` (a notebook shows it inl
 when given ``path=``.
 """
 
+from lgm.viz.callbacks import SampleGrid, ToyDiagnostics
 from lgm.viz.density import plot_density_comparison, plot_samples
 from lgm.viz.images import (
     grid_image,
@@ -15,6 +16,8 @@ from lgm.viz.images import (
 )
 
 __all__ = [
+    "SampleGrid",
+    "ToyDiagnostics",
     "grid_image",
     "plot_corruption",
     "plot_density_comparison",

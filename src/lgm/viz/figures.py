@@ -12,7 +12,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from lgm.flow.io import atomic_file
+from lgm.utils.files import atomic_file
 
 
 def finish(fig: Figure, path: str | os.PathLike | None = None, dpi: int = 100) -> Figure:

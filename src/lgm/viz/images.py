@@ -16,7 +16,7 @@ from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
 from lgm.evaluate.diagnostics import chi_log_pdf
-from lgm.flow.io import atomic_file
+from lgm.utils.files import atomic_file
 from lgm.viz.figures import finish
 
 

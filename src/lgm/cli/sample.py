@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from lgm.flow.discrete import quantize
-from lgm.flow.io import check_writable, load
+from lgm.flow.io import load
 from lgm.flow.ode import SOLVERS
+from lgm.utils.files import check_writable
 from lgm.viz.density import plot_samples
 from lgm.viz.images import save_grid
 

@@ -1,6 +1,4 @@
-"""The ``lgm-flow`` command: Lightning's CLI (``fit``, ``validate``, ``test``) with YAML configs,
-``lgm-flow sample --ckpt PATH`` (see `lgm.train.sample`), ``lgm-flow evaluate`` (see
-`lgm.evaluate.cli`) and ``lgm-flow classifier fit|test`` (see `lgm.evaluate.classifier_cli`).
+"""``lgm-flow fit``, ``validate``, ``test``: Lightning's CLI with YAML configs, and what every run gets.
 
 ``lgm-flow fit`` with no config trains NICE on the 2-D banana (generated in memory, no download).
 ``lgm-flow fit --config configs/nice_banana.yaml --model.lr 3e-3`` reads a recipe and overrides it.
@@ -8,9 +6,7 @@
 
 from __future__ import annotations
 
-import argparse
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,16 +15,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lgm.flow.io import CheckpointError, check_readable
-from lgm.train.callbacks import CheckpointOnSigterm, RunCheckpoint, SampleGrid, ToyDiagnostics, TrainingTimeSnapshots
+from lgm.train.callbacks import CheckpointOnSigterm, RunCheckpoint, TrainingTimeSnapshots
 from lgm.train.ema import FlowEMA
-from lgm.train.guard import TrainingDiverged
 from lgm.train.module import FlowModule
-from lgm.train.sample import sample_main
+from lgm.viz.callbacks import SampleGrid, ToyDiagnostics
 
 DEFAULT_FLOW = {"class_path": "lgm.flow.NiceFlow", "init_args": {"shape": [2], "prior": "gaussian"}}
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values that name no file
@@ -155,82 +148,6 @@ class FlowCLI(LightningCLI):
                 )
 
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict", "sample", "evaluate", "classifier")
-DEBUG_ENV = "LGM_DEBUG"  # set to 1 for the full traceback of an error (as --debug does)
-
-
-def main(args: list[str] | None = None) -> None:
-    """Run ``lgm-flow``. A user error (bad value, missing or foreign file, unwritable path) ends in one
-    line on stderr and exit status 2; a run that diverged in one line and status 1; a run stopped by
-    SIGTERM with status 143. ``--debug`` (anywhere) or ``LGM_DEBUG=1`` shows the traceback instead."""
-    argv = list(sys.argv[1:] if args is None else args)
-    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    argv = [a for a in argv if a != "--debug"]
-    try:
-        run_subcommand(argv)
-    except SIGTERMException:
-        # Lightning's exception is a SystemExit with status 0; a stopped run must not look finished.
-        sys.exit(128 + signal.SIGTERM)
-    except TrainingDiverged as error:
-        fail(error, status=1, debug=debug)
-    except argparse.ArgumentError as error:  # a bad option or config value
-        subcommand = f" {argv[0]}" if argv and argv[0] in SUBCOMMANDS else ""
-        fail(error, status=2, debug=debug, hint=f"see `lgm-flow{subcommand} --help`")
-    except (
-        ValueError,
-        OSError,
-        ModuleNotFoundError,
-        MisconfigurationException,
-    ) as error:  # CheckpointError is a ValueError
-        fail(error, status=2, debug=debug)
-
-
-def fail(error: BaseException, status: int, debug: bool, hint: str = "") -> None:
-    """Exit with ``status`` after one line naming ``error`` and ``hint`` (or re-raise it for its
-    traceback, when ``debug``)."""
-    if debug:
-        raise error
-    print(f"lgm-flow: error: {describe(error)}{'; ' + hint if hint else ''}", file=sys.stderr)
-    sys.exit(status)
-
-
-def describe(error: BaseException) -> str:
-    """``error`` as one line. Errors of the operating system get the path and a hint; the messages of
-    lgm's own errors already name the fix."""
-    if isinstance(error, OSError) and error.filename is not None:
-        text = f"{error.strerror or error}: {str(error.filename)!r}; check the path and its permissions"
-    else:
-        text = str(error) or type(error).__name__
-    text = " ".join(text.split())
-    # jsonargparse reports a class that failed to build as a list of the union's members that did not fit:
-    # keep the member that is the class's own error.
-    if "Does not validate against any of the Union subtypes" in text and "Errors: - " in text:
-        reasons = text.split("Errors: - ", 1)[1].split(" - ")
-        text = next((r for r in reasons if not r.startswith("Expected a <class 'NoneType'>")), reasons[0])
-    # ... and a class path it cannot import as the ways it tried: keep the import's error.
-    elif text.startswith("Parser key") and " - Problem with given class_path" in text:
-        key, reasons = text.split(": - ", 1)
-        text = f"{key}: {reasons.split(' - ')[-1]}"
-    return text
-
-
-def run_subcommand(argv: list[str]) -> None:
-    if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
-        raise ValueError(f"unknown command {argv[0]!r}; choose one of {', '.join(SUBCOMMANDS)} (see `lgm-flow --help`)")
-    if argv[:1] == ["sample"]:
-        sample_main(argv[1:])
-    elif argv[:1] == ["evaluate"]:
-        from lgm.evaluate.cli import evaluate_main
-
-        evaluate_main(argv[1:])
-    elif argv[:1] == ["classifier"]:
-        from lgm.evaluate.classifier_cli import classifier_main
-
-        classifier_main(argv[1:])
-    else:
-        run_cli(argv)
-
-
 def check_training_checkpoint(path: str) -> dict:
     """The checkpoint at ``path`` (its tensors memory-mapped, not read). Raise `CheckpointError` unless it
     is a complete checkpoint written by Lightning (``lgm-flow fit``, `lgm.train.fit_flow`): a model file
@@ -294,7 +211,8 @@ def fixed_run_version() -> Iterator[str]:
             del os.environ["LGM_RUN_VERSION"]
 
 
-def run_cli(args: list[str] | None) -> None:
+def run_lightning(args: list[str] | None) -> None:
+    """Run Lightning's subcommands (``fit``, ``validate``, ``test``, ``predict``) on ``args``."""
     with fixed_run_version() as version:
         FlowCLI(
             FlowModule,
@@ -306,7 +224,3 @@ def run_cli(args: list[str] | None) -> None:
             parser_kwargs={"exit_on_error": False},  # `main` reports a bad option in one line
             args=None if args == sys.argv[1:] else args,  # Lightning warns when both are given
         )
-
-
-if __name__ == "__main__":
-    main()

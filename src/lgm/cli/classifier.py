@@ -13,7 +13,7 @@ import json
 from lgm.data.images import load_images
 from lgm.evaluate.classifier import classifier_for, load_classifier, save_classifier
 from lgm.evaluate.classifier_fit import accuracy, fit_classifier
-from lgm.flow.io import check_writable
+from lgm.utils.files import check_writable
 
 
 def classifier_main(argv: list[str]) -> dict:

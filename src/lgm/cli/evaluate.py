@@ -7,8 +7,9 @@ import argparse
 
 from lgm.evaluate.features import SPLITS
 from lgm.evaluate.report import BASELINES, METRICS, EvalSettings, evaluate
-from lgm.flow.io import check_writable
 from lgm.flow.ode import SOLVERS
+from lgm.utils.files import check_writable
+from lgm.viz.report import draw_report_figures
 
 
 def evaluate_main(argv: list[str]) -> dict:
@@ -139,7 +140,7 @@ def evaluate_main(argv: list[str]) -> dict:
         likelihood_steps=args.likelihood_steps,
     )
     try:
-        report = evaluate(args.out, settings, ckpt=args.ckpt, baseline=args.baseline)
+        report = evaluate(args.out, settings, ckpt=args.ckpt, baseline=args.baseline, draw=draw_report_figures)
     except (FileNotFoundError, ModuleNotFoundError, ValueError) as e:
         parser.error(str(e))
     print(f"wrote {args.out}")

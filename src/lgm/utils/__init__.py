@@ -1,0 +1,1 @@
+"""Helpers shared by every layer: atomic file writes (`lgm.utils.files`)."""
