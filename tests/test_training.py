@@ -117,7 +117,7 @@ def test_resuming_from_a_runs_checkpoint_continues_in_its_folder(tmp_path, monke
     run = run_dir(tmp_path)
     last = run / "checkpoints" / "last.ckpt"
     steps_one_epoch = torch.load(last, weights_only=True)["global_step"]
-    monkeypatch.setattr("lgm.cli.lightning.datetime", _LaterClock)  # a resume in another second than the first run
+    monkeypatch.setattr("lgm.train.setup.datetime", _LaterClock)  # a resume in another second than the first run
     main(["fit", *TINY, "--trainer.max_epochs", "2", "--ckpt_path", str(last.relative_to(tmp_path))])
     assert run_dir(tmp_path) == run, "the resume opened a second run folder"
     assert torch.load(last, weights_only=True)["global_step"] == 2 * steps_one_epoch
@@ -139,7 +139,7 @@ def test_default_root_dir_holds_the_run_and_its_resume(tmp_path, monkeypatch):
     for name in ("config.yaml", "metrics.csv", "toy_report.json", "figures/density.png", "checkpoints/last.ckpt"):
         assert (run / name).is_file(), name
     assert [p.name for p in tmp_path.iterdir()] == ["elsewhere"]  # no runs/ or lightning_logs/ beside it
-    monkeypatch.setattr("lgm.cli.lightning.datetime", _LaterClock)
+    monkeypatch.setattr("lgm.train.setup.datetime", _LaterClock)
     main(["fit", *TINY, *root, "--trainer.max_epochs", "2", "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
     assert list((tmp_path / "elsewhere" / "lgm").iterdir()) == [run]
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2 * 2048 // 256

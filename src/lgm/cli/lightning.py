@@ -10,7 +10,6 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 
 import lightning as L
@@ -18,14 +17,13 @@ import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lgm.flow.io import CheckpointError, check_readable
-from lgm.train.callbacks import CheckpointOnSigterm, RunCheckpoint, TrainingTimeSnapshots
-from lgm.train.ema import FlowEMA
+from lgm.train.callbacks import RunCheckpoint, TrainingTimeSnapshots
 from lgm.train.module import FlowModule
+from lgm.train.setup import DEFAULT_ROOT_DIR, RUN_CALLBACKS, RUN_GROUP, new_run_version, trainer_settings
 from lgm.viz.callbacks import SampleGrid, ToyDiagnostics
 
 DEFAULT_FLOW = {"class_path": "lgm.flow.NiceFlow", "init_args": {"shape": [2], "prior": "gaussian"}}
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")  # --ckpt_path values that name no file
-DEFAULT_ROOT_DIR = "runs"
 DEFAULT_DATA = {"class_path": "lgm.data.ToyDataModule", "init_args": {"name": "banana"}}
 
 
@@ -36,13 +34,11 @@ def default_trainer(run_version: str) -> dict:
     Both loggers get the same explicit version; left to themselves they would each pick the next
     free number and write into two different folders.
     """
-    logger_args = {"save_dir": DEFAULT_ROOT_DIR, "name": "lgm", "version": run_version}
+    logger_args = {"save_dir": DEFAULT_ROOT_DIR, "name": RUN_GROUP, "version": run_version}
     return {
         "max_epochs": 40,
         "default_root_dir": DEFAULT_ROOT_DIR,
-        # `lgm.data.InMemoryBatches` shards batches across ranks itself, and resumes mid-epoch.
-        "use_distributed_sampler": False,
-        "plugins": [{"class_path": "lgm.train.checkpoint_io.AtomicCheckpointIO"}],
+        **trainer_settings(),
         "logger": [
             {"class_path": "lgm.train.loggers.ResumableCSVLogger", "init_args": logger_args},
             {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": logger_args},
@@ -84,11 +80,11 @@ class FlowCLI(LightningCLI):
                 "data": DEFAULT_DATA,
             }
         )
-        parser.add_lightning_class_args(FlowEMA, "ema")
         parser.add_lightning_class_args(ToyDiagnostics, "toy_diagnostics")
         parser.add_lightning_class_args(SampleGrid, "sample_grid")
         parser.add_lightning_class_args(TrainingTimeSnapshots, "snapshots")
-        parser.add_lightning_class_args(CheckpointOnSigterm, "sigterm_checkpoint")
+        for name, callback in RUN_CALLBACKS.items():
+            parser.add_lightning_class_args(callback, name)
 
     # Bad data, or data that does not fit the model, is refused before the run folder and its
     # config.yaml are written (Lightning's own call of `setup` then has nothing left to do).
@@ -202,7 +198,7 @@ def fixed_run_version() -> Iterator[str]:
     """The run folder's name, ``<YYYYmmdd-HHMMSS>``, held in ``$LGM_RUN_VERSION`` while the command runs:
     the processes Lightning launches for DDP inherit it (and keep it), so every rank logs into one folder."""
     inherited = os.environ.get("LGM_RUN_VERSION")
-    version = inherited or datetime.now().strftime("%Y%m%d-%H%M%S")
+    version = inherited or new_run_version()
     os.environ["LGM_RUN_VERSION"] = version
     try:
         yield version

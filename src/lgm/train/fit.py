@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,9 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lgm.flow.base import Flow
 from lgm.flow.io import check_readable
-from lgm.train.callbacks import CheckpointOnSigterm
-from lgm.train.checkpoint_io import AtomicCheckpointIO
-from lgm.train.ema import FlowEMA
 from lgm.train.loggers import ResumableCSVLogger
 from lgm.train.module import FlowModule
-
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+from lgm.train.setup import LAST_CHECKPOINT, RUN_CALLBACKS, instantiated, new_run_version, run_folder, trainer_settings
 
 
 @dataclass
@@ -111,7 +107,7 @@ def fit_flow(
             raise ValueError(f"{name} must be a positive number, got {value}")
     root = (trainer_args or {}).get("default_root_dir")
     if run_dir is None and root is not None:
-        run_dir = Path(root) / "lgm" / datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = run_folder(root, new_run_version())
     run_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="lgm-fit-"))
     last = run_dir / LAST_CHECKPOINT
     ckpt_path = None
@@ -135,14 +131,13 @@ def fit_flow(
                 "default_root_dir": run_dir,
                 "logger": ResumableCSVLogger(run_dir, name="", version=""),
                 "callbacks": [
-                    FlowEMA(enabled=ema, decay=ema_decay),
+                    RUN_CALLBACKS["ema"](enabled=ema, decay=ema_decay),
                     *([timer] if timer is not None else []),  # before `at_stop`, which must see the time run out
                     at_stop,
-                    CheckpointOnSigterm(last),
+                    RUN_CALLBACKS["sigterm_checkpoint"](str(last)),
                 ],
                 "enable_checkpointing": False,  # `at_stop` writes the checkpoints: see its notes
-                "plugins": [AtomicCheckpointIO()],
-                "use_distributed_sampler": False,  # `lgm.data.InMemoryBatches` shards and resumes by itself
+                **instantiated(trainer_settings()),
                 "devices": 1,
                 "enable_progress_bar": progress,
                 "enable_model_summary": False,
