@@ -149,6 +149,17 @@ def test_a_usage_error_ends_in_one_line_with_status_2(files, capsys, argv, messa
     assert not (files / "runs").exists() and not (files / "samples.png").exists()  # nothing written
 
 
+def test_the_program_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert listed == ["fit", "validate", "test", "predict", "sample", "evaluate", "classifier"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2 and "usage: lgm-flow SUBCOMMAND" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("ask", ["--debug", "LGM_DEBUG"])
 def test_debug_shows_the_traceback(files, monkeypatch, ask):
     argv = ["fit", "--model.lr", "-1"]

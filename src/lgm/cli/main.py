@@ -17,7 +17,16 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lgm.train.guard import TrainingDiverged
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict", "sample", "evaluate", "classifier")
+# Every subcommand, with what ``lgm-flow --help`` says of it.
+SUBCOMMANDS = {
+    "fit": "train a model from a YAML config and --section.key overrides (Lightning's CLI); resumes with --ckpt_path",
+    "validate": "validation loss of a checkpoint",
+    "test": "test bits/dim (or NLL) of a checkpoint",
+    "predict": "Lightning's predict loop",
+    "sample": "draw samples from a checkpoint or model file into a picture",
+    "evaluate": "bits/dim, FID, KID, IS, precision/recall and figures of a checkpoint or baseline, as a JSON report",
+    "classifier": "train or test the feature classifier of the classifier protocol",
+}
 DEBUG_ENV = "LGM_DEBUG"  # set to 1 for the full traceback of an error (as --debug does)
 
 
@@ -28,6 +37,9 @@ def main(args: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if args is None else args)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
+    if argv[:1] in ([], ["-h"], ["--help"]):
+        print(overview(), file=sys.stdout if argv else sys.stderr)
+        sys.exit(0 if argv else 2)  # no subcommand is a usage error
     try:
         run_subcommand(argv)
     except SIGTERMException:
@@ -45,6 +57,21 @@ def main(args: list[str] | None = None) -> None:
         MisconfigurationException,
     ) as error:  # CheckpointError is a ValueError
         fail(error, status=2, debug=debug)
+
+
+def overview() -> str:
+    """What ``lgm-flow --help`` prints: the subcommands, and how errors are reported."""
+    width = max(map(len, SUBCOMMANDS))
+    lines = [f"  {name:<{width}}  {what}" for name, what in SUBCOMMANDS.items()]
+    return "\n".join(
+        [
+            "usage: lgm-flow SUBCOMMAND [options]   (lgm-flow SUBCOMMAND --help for its options)",
+            "",
+            *lines,
+            "",
+            f"A user error ends in one line and exit status 2; --debug or {DEBUG_ENV}=1 shows the traceback.",
+        ]
+    )
 
 
 def fail(error: BaseException, status: int, debug: bool, hint: str = "") -> None:
