@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from lgm.flow import Glow, NiceFlow
+from lgm.flow import Glow, NiceFlow, Preprocessing
 from lgm.train.optim import make_optimizer
 
 
@@ -124,7 +124,7 @@ def lgm_model(config: Config, coupling: str = "affine") -> nn.Module:
         partition="even_odd",
         scale="exp",
         prior="gaussian",
-        n_bits=8,
+        preprocessing=Preprocessing(n_bits=8, data_range="unit"),
     )
 
 

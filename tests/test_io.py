@@ -11,8 +11,8 @@ import pytest
 import torch
 from helpers import randomise
 
-from lgm.flow import Compose, Flow, NiceFlow, StandardGaussian, load, save
-from lgm.flow.io import CheckpointError, check_compatible, flow_spec
+from lgm.flow import Compose, Flow, Glow, NiceFlow, StandardGaussian, load, save
+from lgm.flow.io import CheckpointError, check_compatible, flow_spec, upgrade_spec
 
 
 def test_save_load_round_trip(tmp_path):
@@ -115,8 +115,19 @@ def test_format_1_arguments_renamed_since_are_converted_and_unknown_formats_refu
     payload = torch.load(FORMAT_1 / "matching_vector.pt", weights_only=True)
     assert payload["lgm_flow"]["format"] == 1 and "coupling" in payload["lgm_flow"]["init_args"]
     flow = load(FORMAT_1 / "matching_vector.pt")
-    assert flow.pairing == payload["lgm_flow"]["init_args"]["coupling"] and flow_spec(flow)["format"] == 2
+    assert flow.pairing == payload["lgm_flow"]["init_args"]["coupling"] and flow_spec(flow)["format"] == 3
     payload["lgm_flow"]["format"] = 7
     torch.save(payload, tmp_path / "future.pt")
-    with pytest.raises(CheckpointError, match="format 7; this version reads formats 1 to 2"):
+    with pytest.raises(CheckpointError, match="format 7; this version reads formats 1 to 3"):
         load(tmp_path / "future.pt")
+
+
+def test_format_2_flat_preprocessing_becomes_one_value():
+    flat = {"n_bits": 5, "data_range": "unit", "logit_alpha": 0.05, "normalize": None, "pad_to": None}
+    spec = {"format": 2, "class_path": "lgm.flow.glow.Glow", "init_args": {"shape": [1, 8, 8], "levels": 2, **flat}}
+    upgraded = upgrade_spec(spec, "test")
+    assert upgraded["format"] == 3 and upgraded["init_args"] == {"shape": [1, 8, 8], "levels": 2, "preprocessing": flat}
+    continuous = {"format": 2, "class_path": "lgm.flow.nice.NiceFlow", "init_args": {"shape": [2], "n_bits": None}}
+    assert upgrade_spec(continuous, "test")["init_args"] == {"shape": [2], "preprocessing": None}
+    glow = Glow(shape=(1, 8, 8), levels=2, steps=1, hidden=4, preprocessing=upgraded["init_args"]["preprocessing"])
+    assert glow.n_bits == 5 and glow.init_args["preprocessing"] == flat

@@ -10,7 +10,7 @@ import torch
 from lgm.cli import main
 from lgm.data import ToyDataModule
 from lgm.evaluate import integrate_density
-from lgm.flow import FlowMatching, load, save
+from lgm.flow import FlowMatching, Preprocessing, load, save
 from lgm.flow.io import CheckpointError
 from lgm.flow.matching import _ot_assignment
 from lgm.flow.ode import odeint
@@ -71,10 +71,10 @@ def test_other_bad_arguments_are_refused():
         FlowMatching(2, pairing="sinkhorn")
     with pytest.raises(ValueError, match="divergence must be one of"):
         FlowMatching(2, divergence="skilling")
-    with pytest.raises(ValueError, match="set n_bits for images"):
+    with pytest.raises(ValueError, match="for images give their preprocessing"):
         FlowMatching((1, 8, 8))
     with pytest.raises(ValueError, match="divisible by 4"):
-        FlowMatching((1, 6, 6), n_bits=8, widths=(8, 8, 8)).log_prob(torch.rand(2, 1, 6, 6))
+        FlowMatching((1, 6, 6), preprocessing=Preprocessing(), widths=(8, 8, 8)).log_prob(torch.rand(2, 1, 6, 6))
 
 
 # --- the learned field -------------------------------------------------------------------------------
@@ -149,7 +149,9 @@ def test_temperature_scales_the_initial_noise(gaussian_model):
 
 def random_image_model(**kwargs):
     torch.manual_seed(1)
-    model = FlowMatching((1, 4, 4), n_bits=8, widths=(8, 8), embed=8, steps=8, likelihood_solver="rk4", **kwargs)
+    model = FlowMatching(
+        (1, 4, 4), preprocessing=Preprocessing(), widths=(8, 8), embed=8, steps=8, likelihood_solver="rk4", **kwargs
+    )
     with torch.no_grad():  # the zero-initialised head would make v = 0 and every divergence 0
         for p in model.velocity.head.parameters():
             p.normal_(0, 0.3)
@@ -180,7 +182,12 @@ def test_normalised_data_space_keeps_the_likelihood_exact(normalize, tmp_path):
     """An untrained field (zero velocity) on standardised data is the Gaussian of ``u = (y - 0.5 - mean) / std``:
     log p(y) must be log N(u; 0, I) - sum log std, with the statistics of the initialising batch."""
     model = FlowMatching(
-        (1, 4, 4), n_bits=8, widths=(8, 8), embed=8, steps=4, likelihood_solver="rk4", normalize=normalize
+        (1, 4, 4),
+        preprocessing=Preprocessing(normalize=normalize),
+        widths=(8, 8),
+        embed=8,
+        steps=4,
+        likelihood_solver="rk4",
     )
     g = torch.Generator().manual_seed(3)
     batch = 0.2 + 0.5 * torch.rand(64, 1, 4, 4, generator=g)
@@ -198,7 +205,7 @@ def test_normalised_data_space_keeps_the_likelihood_exact(normalize, tmp_path):
 
 def test_auto_divergence_is_exact_for_small_dimensions():
     assert random_image_model(divergence="auto").log_prob(torch.rand(2, 1, 4, 4)).shape == (2,)
-    small, large = random_image_model(), FlowMatching((1, 12, 12), n_bits=8, widths=(8, 8))
+    small, large = random_image_model(), FlowMatching((1, 12, 12), preprocessing=Preprocessing(), widths=(8, 8))
     assert math.prod(small.model_shape) <= 64 < math.prod(large.model_shape)
 
 
@@ -233,7 +240,7 @@ def test_image_model_trains_validates_on_its_objective_and_tests_bits_per_dim(tm
         "lgm.flow.FlowMatching",
         "--model.flow.init_args.shape",
         "[1, 8, 8]",
-        "--model.flow.init_args.n_bits",
+        "--model.flow.init_args.preprocessing.n_bits",
         "8",
         "--model.flow.init_args.widths",
         "[8, 8]",
@@ -304,7 +311,9 @@ def test_evaluate_reports_on_a_flow_matching_model(tmp_path, monkeypatch):
     data = fake_data(tmp_path)
     save_classifier(classifier_for("fashion_mnist"), tmp_path / "classifier.pt")
     save(
-        FlowMatching((1, 28, 28), n_bits=8, widths=(8, 8), embed=8, steps=2, divergence="hutchinson"),
+        FlowMatching(
+            (1, 28, 28), preprocessing=Preprocessing(), widths=(8, 8), embed=8, steps=2, divergence="hutchinson"
+        ),
         tmp_path / "fm.pt",
     )
     out = tmp_path / "report.json"
@@ -356,7 +365,10 @@ def test_evaluate_refuses_solver_options_for_a_coupling_flow(tmp_path, capsys):
     from lgm.flow import NiceFlow
 
     data = fake_data(tmp_path)
-    save(NiceFlow((1, 28, 28), couplings=2, hidden=8, depth=1, n_bits=8), tmp_path / "nice.pt")
+    save(
+        NiceFlow((1, 28, 28), couplings=2, hidden=8, depth=1, preprocessing=Preprocessing(data_range="unit")),
+        tmp_path / "nice.pt",
+    )
     with pytest.raises(SystemExit):
         main(
             [
@@ -387,7 +399,7 @@ def test_use_solver_keeps_the_old_solver_on_a_bad_value():
 
 def test_image_likelihoods_integrate_adaptively_by_default_apart_from_the_sampling_solver(tmp_path):
     image, points = (
-        FlowMatching((1, 4, 4), n_bits=8, widths=(8, 8), steps=8),
+        FlowMatching((1, 4, 4), preprocessing=Preprocessing(), widths=(8, 8), steps=8),
         FlowMatching(2, hidden=8, depth=1, steps=8),
     )
     assert image.likelihood_integration == ("dopri5", 8) and points.likelihood_integration == ("rk4", 8)

@@ -17,11 +17,11 @@ from lgm.evaluate.classifier import classifier_for, save_classifier
 from lgm.flow import (
     Compose,
     Flow,
+    Preprocessing,
     StandardGaussian,
     Transform,
     check_invertible,
     load,
-    make_preprocessing,
 )
 
 
@@ -45,7 +45,7 @@ class PixelGaussianFlow(Flow):
 
     def __init__(self, shape: tuple[int, ...] = (1, 28, 28), n_bits: int = 8) -> None:
         shape = tuple(shape)
-        preprocess, model_shape = make_preprocessing(shape, n_bits, "centered", None, None, None)
+        preprocess, model_shape = Preprocessing(n_bits=n_bits).transforms(shape)
         super().__init__(
             Compose(*preprocess, PixelAffine(model_shape)), StandardGaussian(model_shape), shape, n_bits=n_bits
         )

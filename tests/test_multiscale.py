@@ -12,6 +12,7 @@ from lgm.flow import (
     ImageCoupling,
     InvConv1x1,
     Latent,
+    Preprocessing,
     RealNVP,
     load,
     save,
@@ -20,9 +21,12 @@ from lgm.flow.base import data_initialization
 from lgm.flow.nets import glow_net
 from lgm.flow.priors import gaussian_log_prob
 
+# A logit with a tiny alpha: images in [0, 1] map to the whole line, so no sample is clamped.
+UNIT_NO_CLAMP = Preprocessing(data_range="unit", logit_alpha=1e-12)
+
 
 def tiny_glow(**kwargs):
-    return Glow(**{**dict(shape=(1, 4, 4), levels=2, steps=2, hidden=8, n_bits=8), **kwargs})
+    return Glow(**{**dict(shape=(1, 4, 4), levels=2, steps=2, hidden=8), **kwargs})
 
 
 def tiny_realnvp(**kwargs):
@@ -67,9 +71,15 @@ def brute_force_log_prob(model, x, labels=None):
     [
         lambda: tiny_glow(),
         lambda: tiny_glow(mixing="conv", coupling="additive", learned_prior=False),
-        lambda: tiny_glow(shape=(3, 4, 4), n_classes=3, logit_alpha=0.05, data_range="unit"),
+        lambda: tiny_glow(
+            shape=(3, 4, 4), n_classes=3, preprocessing=Preprocessing(data_range="unit", logit_alpha=0.05)
+        ),
         lambda: tiny_realnvp(),
-        lambda: tiny_realnvp(shape=(1, 4, 4), normalize="per_pixel", learned_prior=False),
+        lambda: tiny_realnvp(
+            shape=(1, 4, 4),
+            preprocessing=Preprocessing(data_range="unit", logit_alpha=0.05, normalize="per_pixel"),
+            learned_prior=False,
+        ),
     ],
     ids=["glow", "glow-additive-plainconv", "glow-conditional-logit", "realnvp", "realnvp-normalized"],
 )
@@ -203,7 +213,7 @@ def test_temperature_zero_decodes_the_prior_means():
 def test_temperature_scales_every_level():
     # A logit with a tiny alpha maps onto (0, 1) but for 1e-12, so clamping never changes a sample and
     # encode recovers the latents.
-    model = ready(tiny_glow(learned_prior=False, logit_alpha=1e-12, data_range="unit"), std=0.05)
+    model = ready(tiny_glow(learned_prior=False, preprocessing=UNIT_NO_CLAMP), std=0.05)
     torch.manual_seed(0)
     z_hot = model.encode(model.sample(2000, temperature=1.0))
     torch.manual_seed(0)
@@ -235,7 +245,7 @@ def test_class_conditional_priors_depend_on_the_label():
 
 def test_temperature_scales_every_level_of_learned_priors():
     """z = mean(h) + T * std(h) * eps at every level: the standardised noise is T * eps."""
-    model = ready(tiny_glow(logit_alpha=1e-12, data_range="unit"), std=0.05)
+    model = ready(tiny_glow(preprocessing=UNIT_NO_CLAMP), std=0.05)
     assert model.prior.mean.abs().sum() > 0 and model.split_priors[0].conv.conv.weight.abs().sum() > 0
 
     def standardised_noise(x):
@@ -274,7 +284,7 @@ def test_decode_names_the_latent_shapes_it_needs():
 
 
 def test_interpolation_over_all_or_the_first_levels():
-    model = ready(tiny_glow(logit_alpha=1e-12, data_range="unit"), std=0.05)  # no clamping, see above
+    model = ready(tiny_glow(preprocessing=UNIT_NO_CLAMP), std=0.05)  # no clamping, see above
     xa, xb = torch.rand(2, 1, 4, 4, dtype=torch.float64), torch.rand(2, 1, 4, 4, dtype=torch.float64)
     frames = model.interpolate(xa, xb, steps=5)
     assert frames.shape == (5, 2, 1, 4, 4)
@@ -301,7 +311,11 @@ def test_save_load_keeps_actnorm_state(tmp_path):
 def test_sides_not_divisible_name_the_fix():
     with pytest.raises(ValueError, match=r"28x28 are not divisible by 2\^3 = 8.*pad_to"):
         Glow(shape=(1, 28, 28), levels=3)
-    assert Glow(shape=(1, 28, 28), levels=3, steps=1, hidden=4, pad_to=32).shape == (1, 28, 28)
+    assert Glow(shape=(1, 28, 28), levels=3, steps=1, hidden=4, preprocessing=Preprocessing(pad_to=32)).shape == (
+        1,
+        28,
+        28,
+    )
 
 
 def test_channel_coupling_needs_an_even_channel_count():
@@ -324,7 +338,7 @@ def test_sampling_before_initialisation_is_refused_and_initialises_nothing(train
         ({"coupling": "spline"}, "coupling must be 'affine' or 'additive'"),
         ({"scale": "relu"}, "unknown scale function 'relu'"),
         ({"levels": 0}, "levels and steps must be at least 1"),
-        ({"n_bits": None}, "Glow models images: set n_bits"),
+        ({"preprocessing": {"n_bits": 9}}, "n_bits must be between 1 and 8"),
         ({"n_classes": 0}, "n_classes must be at least 1"),
     ],
 )

@@ -63,7 +63,7 @@ MATCHING_RUN = [
     "lgm.flow.FlowMatching",
     "--model.flow.init_args.shape",
     "[1, 8, 8]",
-    "--model.flow.init_args.n_bits",
+    "--model.flow.init_args.preprocessing.n_bits",
     "5",
     "--model.flow.init_args.widths",
     "[8, 16]",

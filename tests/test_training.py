@@ -17,7 +17,7 @@ from helpers import SHARED_DATA, needs_shared_data
 
 from lgm.cli import main
 from lgm.data import ToyDataModule, toy
-from lgm.flow import Glow, NiceFlow, load, save
+from lgm.flow import Glow, NiceFlow, Preprocessing, load, save
 from lgm.train import FlowModule
 
 
@@ -201,13 +201,15 @@ DIGITS = [
     "lgm.flow.NiceFlow",
     "--model.flow.init_args.shape",
     "[1, 8, 8]",
-    "--model.flow.init_args.n_bits",
+    "--model.flow.init_args.preprocessing.n_bits",
     "8",
     "--model.flow.init_args.prior",
     "logistic",
-    "--model.flow.init_args.logit_alpha",
+    "--model.flow.init_args.preprocessing.data_range",
+    "unit",
+    "--model.flow.init_args.preprocessing.logit_alpha",
     "0.05",
-    "--model.flow.init_args.normalize",
+    "--model.flow.init_args.preprocessing.normalize",
     "global",
     "--model.flow.init_args.hidden",
     "32",
@@ -312,7 +314,9 @@ def test_nice_mnist_recipe_runs_on_the_shared_data(tmp_path, monkeypatch, capsys
 
 
 def test_sample_command_draws_images_and_points(tmp_path, capsys):
-    image_model = NiceFlow(shape=(1, 8, 8), hidden=8, depth=1, n_bits=5, logit_alpha=0.05)
+    image_model = NiceFlow(
+        shape=(1, 8, 8), hidden=8, depth=1, preprocessing=Preprocessing(n_bits=5, data_range="unit", logit_alpha=0.05)
+    )
     save(image_model, tmp_path / "images.pt")
     main(
         [

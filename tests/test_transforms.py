@@ -20,6 +20,7 @@ from lgm.flow import (
     ImageCoupling,
     InvConv1x1,
     NiceFlow,
+    Preprocessing,
     Reshape,
     Squeeze,
     VectorGlow,
@@ -101,7 +102,12 @@ TRANSFORMS = {
     "normalize-per_pixel": lambda: initialized(Normalize((DIM,), "per_pixel")),
     "nice-image-preprocessing": lambda: (
         initialized_flow(
-            NiceFlow(shape=(1, 2, 3), hidden=8, depth=2, n_bits=8, logit_alpha=0.05, normalize="per_pixel")
+            NiceFlow(
+                shape=(1, 2, 3),
+                hidden=8,
+                depth=2,
+                preprocessing=Preprocessing(data_range="unit", logit_alpha=0.05, normalize="per_pixel"),
+            )
         ).transform
     ),
 }

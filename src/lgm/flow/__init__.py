@@ -28,7 +28,7 @@ from lgm.flow.preprocess import (
     Logit,
     Normalize,
     PadWithNoise,
-    make_preprocessing,
+    Preprocessing,
 )
 from lgm.flow.priors import (
     Prior,
@@ -62,6 +62,7 @@ __all__ = [
     "MultiScaleFlow",
     "Normalize",
     "PadWithNoise",
+    "Preprocessing",
     "Prior",
     "NiceFlow",
     "RealNVP",
@@ -81,7 +82,6 @@ __all__ = [
     "get_scale_map",
     "jacobian_logdet",
     "load",
-    "make_preprocessing",
     "make_prior",
     "mlp",
     "quantize",

@@ -10,6 +10,7 @@ Conventions used by every transform in `lgm.flow`:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import math
@@ -402,7 +403,13 @@ def _recording_init_args(cls: type, init):
         if type(self) is cls:
             bound = signature.bind(self, *args, **kwargs)
             bound.apply_defaults()
-            values = {name: _plain(v) for name, v in list(bound.arguments.items())[1:]}
+            # An argument the constructor resolved into a value object (a dict or None completed to a
+            # `Preprocessing`, kept as ``self.<name>``) is recorded resolved, so equal models record equally.
+            resolved = {name: self.__dict__.get(name) for name in bound.arguments}
+            values = {
+                name: plain_init_arg(resolved[name] if dataclasses.is_dataclass(resolved[name]) else v)
+                for name, v in list(bound.arguments.items())[1:]
+            }
             if isinstance(values.get("shape"), int):  # a shape given as D means (D,), as every family reads it
                 values["shape"] = [values["shape"]]
             if all(v is not _NOT_PLAIN for v in values.values()):
@@ -414,15 +421,17 @@ def _recording_init_args(cls: type, init):
 _NOT_PLAIN = object()
 
 
-def _plain(value: Any) -> Any:
+def plain_init_arg(value: Any) -> Any:
     """``value`` as plain data (tuples become lists), or ``_NOT_PLAIN``."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return plain_init_arg(dataclasses.asdict(value))
     if isinstance(value, (list, tuple)):
-        items = [_plain(v) for v in value]
+        items = [plain_init_arg(v) for v in value]
         return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items) else items
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        items = {k: _plain(v) for k, v in value.items()}
+        items = {k: plain_init_arg(v) for k, v in value.items()}
         return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items.values()) else items
     return _NOT_PLAIN
 

@@ -17,7 +17,7 @@ from lgm.flow.coupling import AffineVectorCoupling, ImageCoupling, check_partiti
 from lgm.flow.layers import ActNorm, ChannelPermutation, InvConv1x1, Squeeze
 from lgm.flow.multiscale import MultiScaleFlow, check_divisible
 from lgm.flow.nets import glow_net, mlp
-from lgm.flow.preprocess import make_preprocessing
+from lgm.flow.preprocess import Preprocessing
 from lgm.flow.priors import SplitPrior, TopPrior, make_prior
 
 MIXINGS = ("conv_lu", "conv", "reverse", "shuffle")
@@ -50,8 +50,8 @@ class Glow(MultiScaleFlow):
             openai/glow's ``sigmoid(h + 2)``, ``"exp"`` the paper's.
         learned_prior: Glow's learned (conditional) priors at the splits and the top; else N(0, I).
         n_classes: make the priors class-conditional (sample a chosen class).
-        n_bits, data_range, logit_alpha, normalize, pad_to: data and preprocessing, see
-            `lgm.flow.preprocess.make_preprocessing` (Glow uses ``data_range="centered"``).
+        preprocessing: bit depth and preprocessing of the images, `lgm.flow.Preprocessing`;
+            ``None`` is its default, 8-bit images centred on 0 (``Preprocessing()``).
         seed: seed of the 1x1 convolutions' orthogonal initialisation and of shuffles.
     """
 
@@ -66,21 +66,16 @@ class Glow(MultiScaleFlow):
         scale: str = "sigmoid",
         learned_prior: bool = True,
         n_classes: int | None = None,
-        n_bits: int = 8,
-        data_range: str = "centered",
-        logit_alpha: float | None = None,
-        normalize: str | None = None,
-        pad_to: int | None = None,
+        preprocessing: Preprocessing | None = Preprocessing(),
         seed: int = 0,
     ) -> None:
         shape = tuple(shape)
-        if n_bits is None:
-            raise ValueError("Glow models images: set n_bits (1 to 8)")
+        preprocessing = Preprocessing.of(preprocessing) or Preprocessing()
         if coupling not in ("affine", "additive"):
             raise ValueError(f"coupling must be 'affine' or 'additive', got {coupling!r}")
         if levels < 1 or steps < 1:
             raise ValueError(f"levels and steps must be at least 1, got {levels} and {steps}")
-        preprocess, (c, h, w) = make_preprocessing(shape, n_bits, data_range, logit_alpha, normalize, pad_to)
+        preprocess, (c, h, w) = preprocessing.transforms(shape)
         check_divisible((c, h, w), levels, levels)
         net = partial(glow_net, hidden=hidden)
         level_transforms, split_priors, latent_shapes = [], [], []
@@ -100,7 +95,10 @@ class Glow(MultiScaleFlow):
                 c = c // 2
         latent_shapes.append((c, h, w))
         top = TopPrior((c, h, w), learned_prior, n_classes)
-        super().__init__(preprocess, level_transforms, split_priors, top, latent_shapes, shape, n_bits, n_classes)
+        super().__init__(
+            preprocess, level_transforms, split_priors, top, latent_shapes, shape, preprocessing.n_bits, n_classes
+        )
+        self.preprocessing = preprocessing
 
     @classmethod
     def paper_cifar10(cls, **overrides) -> Glow:

@@ -2,7 +2,7 @@
 
 Both files hold the same two entries, so one reader serves both:
 
-* ``"lgm_flow"``: ``{"format": 2, "class_path": "lgm.flow.NiceFlow", "init_args": {...}}``, the
+* ``"lgm_flow"``: ``{"format": 3, "class_path": "lgm.flow.NiceFlow", "init_args": {...}}``, the
   recipe to rebuild the model with plain arguments;
 * ``"state_dict"``: the model's tensors, keys prefixed with ``"flow."`` (the attribute name under
   which the training module holds the model, so Lightning checkpoints need no conversion).
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import torch
 
-from lgm.flow.base import Flow
+from lgm.flow.base import Flow, plain_init_arg
 from lgm.utils.files import atomic_save
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 # Constructor arguments renamed in format 2, per model class: {class: {old name: new name}}.
 RENAMED_IN_FORMAT_2 = {
@@ -33,6 +33,16 @@ RENAMED_IN_FORMAT_2 = {
     "lgm.flow.glow.Glow": {"permutation": "mixing"},  # "conv_lu" is no permutation
     "lgm.flow.glow.VectorGlow": {"permutation": "mixing"},
 }
+
+# Format 3 holds an image model's five preprocessing arguments as one value, "preprocessing" (a dict of
+# `lgm.flow.Preprocessing`'s fields, or None for continuous data). The defaults the flat arguments had:
+FLAT_PREPROCESSING_DEFAULTS = {
+    "lgm.flow.nice.NiceFlow": {"n_bits": None, "data_range": "unit"},
+    "lgm.flow.realnvp.RealNVP": {"n_bits": 8, "data_range": "unit", "logit_alpha": 0.05},
+    "lgm.flow.glow.Glow": {"n_bits": 8, "data_range": "centered"},
+    "lgm.flow.matching.FlowMatching": {"n_bits": None, "data_range": "centered"},
+}
+PREPROCESSING_FIELDS = ("n_bits", "data_range", "logit_alpha", "normalize", "pad_to")
 STATE_PREFIX = "flow."
 
 
@@ -109,6 +119,7 @@ def _with_defaults(cls: type, init_args: dict) -> dict:
         for name, p in inspect.signature(cls).parameters.items()
         if p.default is not inspect.Parameter.empty and name not in init_args
     }
+    defaults = {name: plain_init_arg(value) for name, value in defaults.items()}
     return {**init_args, **defaults}
 
 
@@ -141,18 +152,27 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> F
 
 
 def upgrade_spec(spec: dict, source: str) -> dict:
-    """The ``"lgm_flow"`` entry ``spec`` of ``source`` in today's format (formats 1 and 2 are read)."""
+    """The ``"lgm_flow"`` entry ``spec`` of ``source`` in today's format (every earlier format is converted)."""
     version = spec.get("format")
-    if version not in (1, FORMAT_VERSION):
+    if version not in range(1, FORMAT_VERSION + 1):
         raise CheckpointError(
             f"{source!r} has lgm-flow format {version!r}; this version reads formats 1 to {FORMAT_VERSION}: "
             "load it with the lgm-flow version that wrote it"
         )
-    if version == 1:
-        renamed = RENAMED_IN_FORMAT_2.get(spec.get("class_path"), {})
-        init_args = {renamed.get(k, k): v for k, v in spec.get("init_args", {}).items()}
-        spec = {**spec, "format": FORMAT_VERSION, "init_args": init_args}
-    return spec
+    class_path, init_args = spec.get("class_path"), dict(spec.get("init_args", {}))
+    if version < 2:
+        renamed = RENAMED_IN_FORMAT_2.get(class_path, {})
+        init_args = {renamed.get(k, k): v for k, v in init_args.items()}
+    if version < 3 and class_path in FLAT_PREPROCESSING_DEFAULTS:
+        flat = {
+            **FLAT_PREPROCESSING_DEFAULTS[class_path],
+            **{k: init_args.pop(k) for k in PREPROCESSING_FIELDS if k in init_args},
+        }
+        if flat["n_bits"] is None:
+            init_args["preprocessing"] = None
+        else:
+            init_args["preprocessing"] = {k: flat.get(k) for k in PREPROCESSING_FIELDS}
+    return {**spec, "format": FORMAT_VERSION, "init_args": init_args}
 
 
 def build_flow(spec: dict) -> Flow:

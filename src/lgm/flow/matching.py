@@ -33,7 +33,7 @@ from lgm.flow.base import Compose, Flow, data_initialization
 from lgm.flow.discrete import check_images, dequantize_images
 from lgm.flow.latent import Capabilities, Latent
 from lgm.flow.ode import SOLVERS, check_solver, odeint
-from lgm.flow.preprocess import make_preprocessing
+from lgm.flow.preprocess import Preprocessing
 from lgm.flow.priors import StandardGaussian
 from lgm.flow.velocity import VelocityMLP, VelocityUNet
 
@@ -51,10 +51,10 @@ class FlowMatching(Flow):
         widths: the velocity U-Net's channels per resolution, finest first (images).
         embed: width of the time (and class) embedding.
         n_classes: number of classes for a class-conditional model, else ``None``.
-        n_bits, data_range, logit_alpha, normalize, pad_to: image preprocessing, as for `lgm.flow.Glow`
-            (``n_bits=None`` for continuous data). ``normalize="global"`` or ``"per_pixel"`` scales the
-            data to unit variance (set from the first batch), the scale of the Gaussian source; its
-            log-determinant enters bits/dim like every preprocessing step's.
+        preprocessing: ``None`` for continuous data (vectors); for images, their bit depth and
+            preprocessing (`lgm.flow.Preprocessing`), as for `lgm.flow.Glow`. ``normalize="global"`` or
+            ``"per_pixel"`` scales the data to unit variance (set from the first batch), the scale of
+            the Gaussian source; its log-determinant enters bits/dim like every preprocessing step's.
         pairing: ``"independent"`` noise-data pairs, or ``"ot"``: each batch's pairs re-matched by an
             exact assignment minimising the total squared distance (minibatch optimal transport).
         solver, steps: the ODE solver (see `lgm.flow.ode`) and its number of steps, for sampling and
@@ -76,11 +76,7 @@ class FlowMatching(Flow):
         widths: Sequence[int] = (32, 64, 64),
         embed: int = 64,
         n_classes: int | None = None,
-        n_bits: int | None = None,
-        data_range: str = "centered",
-        logit_alpha: float | None = None,
-        normalize: str | None = None,
-        pad_to: int | None = None,
+        preprocessing: Preprocessing | None = None,
         pairing: str = "independent",
         solver: str = "rk4",
         steps: int = 32,
@@ -99,15 +95,17 @@ class FlowMatching(Flow):
             raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
         if probes < 1:
             raise ValueError(f"probes must be at least 1, got {probes}")
-        if n_bits is None:
-            if logit_alpha is not None or normalize is not None or pad_to is not None or len(shape) != 1:
-                raise ValueError("continuous data are vectors (shape=D) with no preprocessing; set n_bits for images")
-            preprocess, model_shape = [], shape
+        preprocessing = Preprocessing.of(preprocessing)
+        if preprocessing is None:
+            if len(shape) != 1:
+                raise ValueError("continuous data are vectors (shape=D); for images give their preprocessing")
+            preprocess, model_shape, n_bits = [], shape, None
         else:
             if len(shape) != 3:
                 raise ValueError(f"images need shape (C, H, W), got {shape}")
-            preprocess, model_shape = make_preprocessing(shape, n_bits, data_range, logit_alpha, normalize, pad_to)
+            (preprocess, model_shape), n_bits = preprocessing.transforms(shape), preprocessing.n_bits
         super().__init__(Compose(*preprocess), StandardGaussian(model_shape), shape, n_bits=n_bits)
+        self.preprocessing = preprocessing
         self.model_shape = model_shape
         if len(model_shape) == 1:
             self.velocity = VelocityMLP(model_shape[0], hidden, depth, embed, n_classes)

@@ -15,7 +15,7 @@ from lgm.flow.base import Compose, Flow, Reshape
 from lgm.flow.coupling import AdditiveVectorCoupling, check_partition
 from lgm.flow.layers import DiagonalScaling
 from lgm.flow.nets import mlp
-from lgm.flow.preprocess import make_preprocessing
+from lgm.flow.preprocess import Preprocessing
 from lgm.flow.priors import make_prior
 
 
@@ -32,11 +32,9 @@ class NiceFlow(Flow):
         partition: ``"even_odd"`` (the paper's choice for MNIST) or ``"halves"``.
         scale: positivity map of the final diagonal scaling, see `lgm.flow.scales`.
         prior: ``"logistic"`` (the paper's choice for images) or ``"gaussian"``.
-        n_bits: ``None`` for continuous data (2-D toys); the bit depth for images, which turns on
-            dequantisation and `bits_per_dim` (see `lgm.flow.Flow`).
-        data_range, logit_alpha, normalize, pad_to: image preprocessing, see
-            `lgm.flow.preprocess.make_preprocessing`. The paper feeds NICE dequantised images in
-            [0, 1] (``data_range="unit"``, no logit, no normalisation).
+        preprocessing: ``None`` for continuous data (2-D toys); for images, their bit depth and
+            preprocessing (`lgm.flow.Preprocessing`), which turns on dequantisation and `bits_per_dim`.
+            The paper feeds NICE dequantised images in [0, 1] (``Preprocessing(data_range="unit")``).
     """
 
     def __init__(
@@ -50,23 +48,11 @@ class NiceFlow(Flow):
         partition: str = "even_odd",
         scale: str = "exp",
         prior: str = "gaussian",
-        n_bits: int | None = None,
-        data_range: str = "unit",
-        logit_alpha: float | None = None,
-        normalize: str | None = None,
-        pad_to: int | None = None,
+        preprocessing: Preprocessing | None = None,
     ) -> None:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        if n_bits is None and (
-            logit_alpha is not None or normalize is not None or pad_to is not None or data_range != "unit"
-        ):
-            raise ValueError(
-                "logit_alpha, normalize, pad_to and data_range preprocess images: set n_bits (e.g. 8) to use them"
-            )
-        if n_bits is None:
-            layers, model_shape = [], shape
-        else:
-            layers, model_shape = make_preprocessing(shape, n_bits, data_range, logit_alpha, normalize, pad_to)
+        preprocessing = Preprocessing.of(preprocessing)
+        layers, model_shape = preprocessing.transforms(shape) if preprocessing is not None else ([], shape)
         dim = math.prod(model_shape)
         check_partition(dim, partition)
         if couplings < 1:
@@ -78,7 +64,9 @@ class NiceFlow(Flow):
                 AdditiveVectorCoupling(dim, net, partition=partition, change="second" if i % 2 == 0 else "first")
             )
         layers.append(DiagonalScaling(dim, scale=scale))
+        n_bits = preprocessing.n_bits if preprocessing is not None else None
         super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape, n_bits=n_bits)
+        self.preprocessing = preprocessing
 
     @property
     def scaling(self) -> DiagonalScaling:
@@ -93,7 +81,13 @@ class NiceFlow(Flow):
         """The paper's MNIST model: 4 couplings of 5 x 1000 ReLU units, even/odd split, logistic prior,
         on dequantised 8-bit images in [0, 1]."""
         args = dict(
-            shape=(1, 28, 28), couplings=4, hidden=1000, depth=5, partition="even_odd", prior="logistic", n_bits=8
+            shape=(1, 28, 28),
+            couplings=4,
+            hidden=1000,
+            depth=5,
+            partition="even_odd",
+            prior="logistic",
+            preprocessing=Preprocessing(n_bits=8, data_range="unit"),
         )
         return cls(**{**args, **overrides})
 

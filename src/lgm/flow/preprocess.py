@@ -8,6 +8,7 @@ changes the *space* the model works in but never the meaning of the reported bit
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -120,36 +121,60 @@ class PadWithNoise(Transform):
         return z[..., self.top : self.top + self.h, self.left : self.left + self.w]
 
 
-def make_preprocessing(
-    shape: tuple[int, ...],
-    n_bits: int = 8,
-    data_range: str = "unit",
-    logit_alpha: float | None = None,
-    normalize: str | None = None,
-    pad_to: int | None = None,
-) -> tuple[list[Transform], tuple[int, ...]]:
-    """The preprocessing chain for images of ``shape`` and the shape the model sees after it.
+@dataclass(frozen=True)
+class Preprocessing:
+    """How discrete images become the model's input: one value, shared by every image model.
 
-    Order: pad (optional) -> logit (optional; needs ``data_range="unit"``) or centring
-    (``data_range="centered"``) -> normalisation (optional).
+    The transforms it builds (`transforms`) are part of the flow and carry their log-determinants, so
+    bits/dim is always of the original discrete images. Order: pad (optional) -> logit (optional;
+    needs ``data_range="unit"``) or centring (``data_range="centered"``) -> normalisation (optional).
+
+    Attributes:
+        n_bits: the bit depth modelled (1 to 8): images are reduced to it and dequantised to
+            ``y = (x + u) / 2**n_bits`` in ``[0, 1]``.
+        data_range: ``"unit"`` (``[0, 1]``) or ``"centered"`` (``[-0.5, 0.5]``).
+        logit_alpha: ``logit(alpha + (1 - 2 alpha) y)`` with this ``alpha`` in (0, 0.5) (RealNVP: 0.05;
+            1e-6 for MNIST), or ``None``.
+        normalize: ``None``, ``"global"`` or ``"per_pixel"``: unit variance from the first batch.
+        pad_to: pad each side to this size with dequantisation noise of known density, or ``None``.
     """
-    if data_range not in ("unit", "centered"):
-        raise ValueError(f"data_range must be 'unit' ([0, 1]) or 'centered' ([-0.5, 0.5]), got {data_range!r}")
-    if logit_alpha is not None and data_range != "unit":
-        raise ValueError("the logit transform maps [0, 1] to the real line: use it with data_range='unit'")
-    if logit_alpha is not None and not 0 < logit_alpha < 0.5:
-        # alpha = 0 sends a dequantised value of exactly 0 (probability 2^-24 per value) to -inf.
-        raise ValueError(f"logit_alpha must be in (0, 0.5) (RealNVP: 0.05, or 1e-6 for MNIST), got {logit_alpha}")
-    layers: list[Transform] = []
-    if pad_to is not None:
-        if len(shape) != 3:
-            raise ValueError(f"pad_to needs images of shape (C, H, W), got {shape}")
-        layers.append(PadWithNoise(shape, pad_to, n_bits))
-        shape = (shape[0], pad_to, pad_to)
-    if logit_alpha is not None:
-        layers.append(Logit(logit_alpha))
-    elif data_range == "centered":
-        layers.append(Center())
-    if normalize is not None:
-        layers.append(Normalize(shape, normalize))
-    return layers, shape
+
+    n_bits: int = 8
+    data_range: str = "centered"
+    logit_alpha: float | None = None
+    normalize: str | None = None
+    pad_to: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.n_bits, int) and 1 <= self.n_bits <= 8):
+            raise ValueError(f"n_bits must be between 1 and 8, got {self.n_bits}")
+        if self.data_range not in ("unit", "centered"):
+            raise ValueError(f"data_range must be 'unit' ([0, 1]) or 'centered' ([-0.5, 0.5]), got {self.data_range!r}")
+        if self.logit_alpha is not None and self.data_range != "unit":
+            raise ValueError("the logit transform maps [0, 1] to the real line: use it with data_range='unit'")
+        if self.logit_alpha is not None and not 0 < self.logit_alpha < 0.5:
+            # alpha = 0 sends a dequantised value of exactly 0 (probability 2^-24 per value) to -inf.
+            raise ValueError(
+                f"logit_alpha must be in (0, 0.5) (RealNVP: 0.05, or 1e-6 for MNIST), got {self.logit_alpha}"
+            )
+
+    @classmethod
+    def of(cls, value: Preprocessing | dict | None) -> Preprocessing | None:
+        """``value`` as a `Preprocessing` (a dict holds its fields, as saved files do); ``None`` stays ``None``."""
+        return cls(**value) if isinstance(value, dict) else value
+
+    def transforms(self, shape: tuple[int, ...]) -> tuple[list[Transform], tuple[int, ...]]:
+        """The preprocessing chain for images of ``shape`` and the shape the model sees after it."""
+        layers: list[Transform] = []
+        if self.pad_to is not None:
+            if len(shape) != 3:
+                raise ValueError(f"pad_to needs images of shape (C, H, W), got {shape}")
+            layers.append(PadWithNoise(shape, self.pad_to, self.n_bits))
+            shape = (shape[0], self.pad_to, self.pad_to)
+        if self.logit_alpha is not None:
+            layers.append(Logit(self.logit_alpha))
+        elif self.data_range == "centered":
+            layers.append(Center())
+        if self.normalize is not None:
+            layers.append(Normalize(shape, self.normalize))
+        return layers, shape

@@ -19,8 +19,10 @@ from lgm.flow.coupling import AffineVectorCoupling, ImageCoupling, check_partiti
 from lgm.flow.layers import ActNorm, Squeeze
 from lgm.flow.multiscale import MultiScaleFlow, check_divisible
 from lgm.flow.nets import mlp, resnet
-from lgm.flow.preprocess import make_preprocessing
+from lgm.flow.preprocess import Preprocessing
 from lgm.flow.priors import SplitPrior, TopPrior, make_prior
+
+PAPER_PREPROCESSING = Preprocessing(data_range="unit", logit_alpha=0.05)  # RealNVP's, on 8-bit images
 
 
 class RealNVP(MultiScaleFlow):
@@ -33,8 +35,8 @@ class RealNVP(MultiScaleFlow):
             exp that the paper's code uses in spirit (``scale * tanh``); ``"exp"`` is the plain one.
         learned_prior: learned (conditional) priors instead of N(0, I) (the paper: N(0, I)).
         n_classes: make the priors class-conditional.
-        n_bits, data_range, logit_alpha, normalize, pad_to: data and preprocessing (the paper uses
-            the logit with ``alpha = 0.05``), see `lgm.flow.preprocess.make_preprocessing`.
+        preprocessing: bit depth and preprocessing of the images, `lgm.flow.Preprocessing`;
+            ``None`` is its default, the paper's logit of 8-bit images with ``alpha = 0.05``.
     """
 
     def __init__(
@@ -46,18 +48,13 @@ class RealNVP(MultiScaleFlow):
         scale: str = "softclamp",
         learned_prior: bool = False,
         n_classes: int | None = None,
-        n_bits: int = 8,
-        data_range: str = "unit",
-        logit_alpha: float | None = 0.05,
-        normalize: str | None = None,
-        pad_to: int | None = None,
+        preprocessing: Preprocessing | None = PAPER_PREPROCESSING,
     ) -> None:
         shape = tuple(shape)
-        if n_bits is None:
-            raise ValueError("RealNVP models images: set n_bits (1 to 8)")
+        preprocessing = Preprocessing.of(preprocessing) or PAPER_PREPROCESSING
         if levels < 1:
             raise ValueError(f"levels must be at least 1, got {levels}")
-        preprocess, (c, h, w) = make_preprocessing(shape, n_bits, data_range, logit_alpha, normalize, pad_to)
+        preprocess, (c, h, w) = preprocessing.transforms(shape)
         check_divisible((c, h, w), levels - 1, levels)
         net = partial(resnet, hidden=hidden, blocks=blocks)
 
@@ -78,7 +75,10 @@ class RealNVP(MultiScaleFlow):
         level_transforms.append(Compose(*couplings(c, "checkerboard", 4)))
         latent_shapes.append((c, h, w))
         top = TopPrior((c, h, w), learned_prior, n_classes)
-        super().__init__(preprocess, level_transforms, split_priors, top, latent_shapes, shape, n_bits, n_classes)
+        super().__init__(
+            preprocess, level_transforms, split_priors, top, latent_shapes, shape, preprocessing.n_bits, n_classes
+        )
+        self.preprocessing = preprocessing
 
 
 class VectorRealNVP(Flow):
