@@ -50,15 +50,15 @@ def import_normflows():
 class Config:
     """One benchmarked architecture.
 
-    ``kind`` is ``"glow"`` (``shape``, ``levels``, ``steps``, ``hidden``) or ``"nice"`` (``shape``,
-    ``couplings`` = ``steps``, MLP ``hidden`` x ``depth``); ``batch`` is the training batch size.
+    ``kind`` is ``"glow"`` (``shape``, ``levels``, ``length`` = K steps per level, ``width``) or ``"nice"``
+    (``shape``, ``length`` = couplings, MLP ``width`` x ``depth``); ``batch`` is the training batch size.
     """
 
     name: str
     kind: str
     shape: tuple[int, int, int]
-    steps: int
-    hidden: int
+    length: int
+    width: int
     batch: int
     levels: int = 1
     depth: int = 1
@@ -66,16 +66,16 @@ class Config:
     def describe(self) -> str:
         c, h, w = self.shape
         if self.kind == "glow":
-            return f"Glow {c}x{h}x{w}, L={self.levels}, K={self.steps}, width {self.hidden}"
-        return f"NICE {c}x{h}x{w}, {self.steps} couplings, MLP {self.depth}x{self.hidden}"
+            return f"Glow {c}x{h}x{w}, L={self.levels}, K={self.length}, width {self.width}"
+        return f"NICE {c}x{h}x{w}, {self.length} couplings, MLP {self.depth}x{self.width}"
 
 
 CONFIGS = {
     c.name: c
     for c in (
-        Config("glow-fashion", "glow", (1, 28, 28), steps=8, hidden=64, batch=64, levels=2),
-        Config("glow-cifar", "glow", (3, 32, 32), steps=8, hidden=128, batch=32, levels=3),
-        Config("nice-mnist", "nice", (1, 28, 28), steps=4, hidden=1000, batch=128, depth=5),
+        Config("glow-fashion", "glow", (1, 28, 28), length=8, width=64, batch=64, levels=2),
+        Config("glow-cifar", "glow", (3, 32, 32), length=8, width=128, batch=32, levels=3),
+        Config("nice-mnist", "nice", (1, 28, 28), length=4, width=1000, batch=128, depth=5),
     )
 }
 
@@ -109,8 +109,8 @@ def lgm_model(config: Config, coupling: str = "affine") -> nn.Module:
         return Glow(
             shape=config.shape,
             levels=config.levels,
-            steps=config.steps,
-            hidden=config.hidden,
+            flow_steps=config.length,
+            width=config.width,
             coupling=coupling,
             mixing="conv_lu",
             scale="sigmoid",
@@ -118,8 +118,8 @@ def lgm_model(config: Config, coupling: str = "affine") -> nn.Module:
         )
     return NiceFlow(
         shape=config.shape,
-        couplings=config.steps,
-        hidden=config.hidden,
+        couplings=config.length,
+        width=config.width,
         depth=config.depth,
         partition="even_odd",
         scale="exp",
@@ -142,10 +142,10 @@ def normflows_model(config: Config, coupling_scale: bool = True) -> nn.Module:
     if config.kind == "nice":
         dim = c * h * w
         flows = []
-        for i in range(config.steps):
+        for i in range(config.length):
             # lgm's even_odd partition changes the odd features first (keeps the even ones), then the
             # even ones; normflows' 1-D "checkerboard_inv" keeps the even ones, "checkerboard" the odd.
-            net = nf.nets.MLP([dim // 2] + [config.hidden] * config.depth + [dim // 2], init_zeros=True)
+            net = nf.nets.MLP([dim // 2] + [config.width] * config.depth + [dim // 2], init_zeros=True)
             flows.append(
                 nf.flows.AffineCouplingBlock(
                     net, scale=False, split_mode="checkerboard_inv" if i % 2 == 0 else "checkerboard"
@@ -161,14 +161,14 @@ def normflows_model(config: Config, coupling_scale: bool = True) -> nn.Module:
         blocks = [
             nf.flows.GlowBlock(
                 channels,
-                config.hidden,
+                config.width,
                 scale=coupling_scale,
                 scale_map="sigmoid",
                 split_mode="channel",
                 use_lu=True,
                 net_actnorm=True,
             )
-            for _ in range(config.steps)
+            for _ in range(config.length)
         ]
         flows.append(blocks + [nf.flows.Squeeze()])
         latent = channels if level == config.levels - 1 else channels // 2

@@ -30,9 +30,9 @@ TINY_GLOW = [
     "[1, 8, 8]",
     "--model.flow.init_args.levels",
     "2",
-    "--model.flow.init_args.steps",
+    "--model.flow.init_args.flow_steps",
     "1",
-    "--model.flow.init_args.hidden",
+    "--model.flow.init_args.width",
     "8",
     "--trainer.max_steps",
     "1",
@@ -172,7 +172,7 @@ def test_debug_shows_the_traceback(files, monkeypatch, ask):
 
 
 def tiny_glow(n_classes: int | None = None) -> Glow:
-    flow = Glow(shape=(1, 8, 8), levels=2, steps=1, hidden=8, n_classes=n_classes)
+    flow = Glow(shape=(1, 8, 8), levels=2, flow_steps=1, width=8, n_classes=n_classes)
     flow.initialize(torch.rand(16, 1, 8, 8), torch.randint(0, n_classes, (16,)) if n_classes else None)
     return flow
 

@@ -52,7 +52,7 @@ def test_padding_bound_counts_the_pad_bits_over_the_original_pixels():
 
 
 def test_bits_per_dim_is_the_designs_formula():
-    model = NiceFlow(shape=SHAPE, hidden=8, depth=2, preprocessing=UNIT, prior="logistic")
+    model = NiceFlow(shape=SHAPE, width=8, depth=2, preprocessing=UNIT, prior="logistic")
     x = images()
     torch.manual_seed(3)
     bpd = model.bits_per_dim(x)
@@ -66,7 +66,7 @@ def test_importance_weighting_never_loosens_the_bound():
     # 2-bit data: wide dequantisation cells, over which a random model's density varies a lot.
     model = randomise(
         NiceFlow(
-            shape=SHAPE, hidden=8, depth=2, preprocessing=Preprocessing(n_bits=2, data_range="unit"), prior="logistic"
+            shape=SHAPE, width=8, depth=2, preprocessing=Preprocessing(n_bits=2, data_range="unit"), prior="logistic"
         ),
         seed=1,
     ).double()
@@ -110,7 +110,7 @@ def test_normalisation_does_not_change_bits_per_dim_when_compensated(mode):
 
 def test_normalize_initialises_once_and_survives_save_load(tmp_path):
     model = NiceFlow(
-        shape=SHAPE, hidden=8, depth=2, preprocessing=Preprocessing(data_range="unit", normalize="per_pixel")
+        shape=SHAPE, width=8, depth=2, preprocessing=Preprocessing(data_range="unit", normalize="per_pixel")
     )
     with pytest.raises(RuntimeError, match="has not been initialised.*flow.initialize"):
         model.eval().sample(2)
@@ -145,12 +145,12 @@ def test_dequantize_quantize_round_trip():
 )
 def test_bits_per_dim_rejects_bad_images(x, message):
     with pytest.raises(ValueError, match=message):
-        NiceFlow(shape=SHAPE, hidden=8, depth=2, preprocessing=UNIT).bits_per_dim(x)
+        NiceFlow(shape=SHAPE, width=8, depth=2, preprocessing=UNIT).bits_per_dim(x)
 
 
 def test_log_prob_of_an_image_model_rejects_values_outside_the_unit_interval():
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\].*bits_per_dim"):
-        NiceFlow(shape=SHAPE, hidden=8, depth=2, preprocessing=UNIT).log_prob(torch.rand(2, *SHAPE) * 255)
+        NiceFlow(shape=SHAPE, width=8, depth=2, preprocessing=UNIT).log_prob(torch.rand(2, *SHAPE) * 255)
 
 
 def test_bits_per_dim_needs_an_image_model():
@@ -172,4 +172,4 @@ def test_bits_per_dim_needs_an_image_model():
 )
 def test_bad_preprocessing_options_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        NiceFlow(shape=SHAPE, hidden=8, depth=2, preprocessing=Preprocessing(**kwargs))
+        NiceFlow(shape=SHAPE, width=8, depth=2, preprocessing=Preprocessing(**kwargs))

@@ -296,7 +296,7 @@ def test_logistic_latents_become_standard_normal_even_in_the_tails():
 def test_standardized_latents_of_a_logistic_nice_follow_the_chi_distribution():
     """Data drawn from the model itself: its standardised latents are N(0, I)."""
     torch.manual_seed(0)
-    nice = NiceFlow(shape=16, couplings=2, hidden=8, depth=1, prior="logistic")
+    nice = NiceFlow(shape=16, couplings=2, width=8, depth=1, prior="logistic")
     with torch.no_grad():
         x = nice.decode(Latent(nice.prior.sample(4000)))
         norms = standardized_latents(nice, x).norm(dim=1)
@@ -314,12 +314,12 @@ def test_occlusion_blacks_out_the_asked_fraction():
 
 def tiny_models(data_dir, tmp_path):
     x = load_images("fashion_mnist", data_dir).x_train
-    glow = Glow(shape=(1, 28, 28), levels=2, steps=1, hidden=8)
+    glow = Glow(shape=(1, 28, 28), levels=2, flow_steps=1, width=8)
     glow.initialize(x[:64].float() / 256 + 1 / 512)
     nice = NiceFlow(
         shape=(1, 28, 28),
         couplings=2,
-        hidden=16,
+        width=16,
         depth=1,
         prior="logistic",
         preprocessing=Preprocessing(data_range="unit"),
@@ -426,7 +426,7 @@ def test_evaluate_rejects_unknown_metrics_and_mismatched_data(tmp_path, capsys):
             ]
         )
     assert "unknown metrics ['lpips']" in capsys.readouterr().err
-    save(Glow(shape=(1, 8, 8), levels=1, steps=1, hidden=4), tmp_path / "small.pt")
+    save(Glow(shape=(1, 8, 8), levels=1, flow_steps=1, width=4), tmp_path / "small.pt")
     with pytest.raises(SystemExit):
         main(["evaluate", "--ckpt", str(tmp_path / "small.pt"), "--data", "fashion_mnist", "--data-dir", str(data)])
     assert "[1, 8, 8]" in capsys.readouterr().err

@@ -14,7 +14,7 @@ def small_data():
 
 
 def test_fit_flow_trains_saves_and_logs(tmp_path):
-    flow = NiceFlow(2, hidden=16, depth=2)
+    flow = NiceFlow(2, width=16, depth=2)
     before = -flow.log_prob(small_data().density.sample(512, seed=5)).mean().item()
     result = fit_flow(flow, small_data(), steps=40, lr=3e-3, run_dir=tmp_path, progress=False)
     assert result.steps == 40 and result.flow is flow and not flow.training
@@ -33,7 +33,7 @@ def test_fit_flow_trains_saves_and_logs(tmp_path):
 def test_fit_flow_puts_its_run_under_default_root_dir(tmp_path):
     root = tmp_path / "root"
     result = fit_flow(
-        NiceFlow(2, hidden=16, depth=2),
+        NiceFlow(2, width=16, depth=2),
         small_data(),
         steps=5,
         progress=False,
@@ -47,7 +47,7 @@ def test_fit_flow_puts_its_run_under_default_root_dir(tmp_path):
 
 def seeded_flow():
     torch.manual_seed(0)
-    return NiceFlow(2, hidden=16, depth=2)
+    return NiceFlow(2, width=16, depth=2)
 
 
 @pytest.mark.parametrize("first", [12, 16], ids=["mid-epoch", "epoch-end"])
@@ -56,8 +56,8 @@ def test_fit_flow_resumes_exactly_from_its_run_folder(tmp_path, first):
     step 20, gives the weights of an uninterrupted run; a finished run resumed trains no further."""
     straight = fit_flow(seeded_flow(), small_data(), steps=20, run_dir=tmp_path / "a", progress=False)
     fit_flow(seeded_flow(), small_data(), steps=first, run_dir=tmp_path / "b", progress=False)
-    resumed = fit_flow(NiceFlow(2, hidden=16, depth=2), small_data(), steps=20, run_dir=tmp_path / "b", progress=False)
-    again = fit_flow(NiceFlow(2, hidden=16, depth=2), small_data(), steps=20, run_dir=tmp_path / "b", progress=False)
+    resumed = fit_flow(NiceFlow(2, width=16, depth=2), small_data(), steps=20, run_dir=tmp_path / "b", progress=False)
+    again = fit_flow(NiceFlow(2, width=16, depth=2), small_data(), steps=20, run_dir=tmp_path / "b", progress=False)
     assert resumed.steps == again.steps == 20
     for a, b, c in zip(
         straight.flow.state_dict().values(), resumed.flow.state_dict().values(), again.flow.state_dict().values()
@@ -69,7 +69,7 @@ def test_fit_flow_resumes_exactly_from_its_run_folder(tmp_path, first):
 def test_fit_flow_time_budget_counts_across_resumes(tmp_path):
     first = fit_flow(seeded_flow(), small_data(), minutes=0.02, run_dir=tmp_path, progress=False)
     assert first.steps > 0
-    again = fit_flow(NiceFlow(2, hidden=16, depth=2), small_data(), minutes=0.02, run_dir=tmp_path, progress=False)
+    again = fit_flow(NiceFlow(2, width=16, depth=2), small_data(), minutes=0.02, run_dir=tmp_path, progress=False)
     assert again.steps == first.steps
 
 
@@ -78,9 +78,9 @@ def test_fit_flow_refuses_bad_budgets_and_other_models(tmp_path):
         fit_flow(NiceFlow(2), small_data())
     with pytest.raises(ValueError, match="minutes must be a positive number"):
         fit_flow(NiceFlow(2), small_data(), minutes=0)
-    fit_flow(NiceFlow(2, hidden=16), small_data(), steps=2, run_dir=tmp_path, progress=False)
-    with pytest.raises(Exception, match="hidden"):
-        fit_flow(NiceFlow(2, hidden=32), small_data(), steps=4, run_dir=tmp_path, progress=False)
+    fit_flow(NiceFlow(2, width=16), small_data(), steps=2, run_dir=tmp_path, progress=False)
+    with pytest.raises(Exception, match="width"):
+        fit_flow(NiceFlow(2, width=32), small_data(), steps=4, run_dir=tmp_path, progress=False)
 
 
 def test_read_history_keeps_the_later_row_of_a_repeated_step(tmp_path):
@@ -92,7 +92,7 @@ def test_read_history_keeps_the_later_row_of_a_repeated_step(tmp_path):
 
 def test_fit_flow_gives_a_cosine_schedule_its_step_budget(tmp_path):
     result = fit_flow(
-        NiceFlow(2, hidden=16),
+        NiceFlow(2, width=16),
         small_data(),
         steps=12,
         run_dir=tmp_path,

@@ -12,11 +12,11 @@ import torch
 from helpers import randomise
 
 from lgm.flow import Compose, Flow, Glow, NiceFlow, StandardGaussian, load, save
-from lgm.flow.io import CheckpointError, check_compatible, flow_spec, upgrade_spec
+from lgm.flow.io import CheckpointError, build_flow, check_compatible, flow_spec, upgrade_spec
 
 
 def test_save_load_round_trip(tmp_path):
-    model = randomise(NiceFlow.toy(prior="logistic", scale="softplus", hidden=16, depth=2), seed=2)
+    model = randomise(NiceFlow.toy(prior="logistic", scale="softplus", width=16, depth=2), seed=2)
     save(model, tmp_path / "model.pt")
     loaded = load(tmp_path / "model.pt")
     assert type(loaded) is NiceFlow and not loaded.training  # the class the file names
@@ -57,8 +57,8 @@ def test_flipped_byte_fails_the_checksum(tmp_path):
 
 def test_incompatible_model_is_named():
     flow = NiceFlow.toy()
-    spec = flow_spec(NiceFlow.toy(hidden=32))
-    with pytest.raises(CheckpointError, match=r"differs .* in \['hidden'\].*config.yaml"):
+    spec = flow_spec(NiceFlow.toy(width=32))
+    with pytest.raises(CheckpointError, match=r"differs .* in \['width'\].*config.yaml"):
         check_compatible(spec, flow, "the checkpoint")
     check_compatible(flow_spec(NiceFlow.toy()), flow, "the checkpoint")
 
@@ -70,9 +70,9 @@ def test_file_without_lgm_entry(tmp_path):
 
 
 def test_incompatible_weights(tmp_path):
-    save(NiceFlow.toy(hidden=16), tmp_path / "model.pt")
+    save(NiceFlow.toy(width=16), tmp_path / "model.pt")
     payload = torch.load(tmp_path / "model.pt", weights_only=True)
-    payload["lgm_flow"]["init_args"]["hidden"] = 32
+    payload["lgm_flow"]["init_args"]["width"] = 32
     torch.save(payload, tmp_path / "edited.pt")
     with pytest.raises(ValueError, match="do not fit lgm.flow.nice.NiceFlow.*incompatible"):
         load(tmp_path / "edited.pt")
@@ -115,10 +115,10 @@ def test_format_1_arguments_renamed_since_are_converted_and_unknown_formats_refu
     payload = torch.load(FORMAT_1 / "matching_vector.pt", weights_only=True)
     assert payload["lgm_flow"]["format"] == 1 and "coupling" in payload["lgm_flow"]["init_args"]
     flow = load(FORMAT_1 / "matching_vector.pt")
-    assert flow.pairing == payload["lgm_flow"]["init_args"]["coupling"] and flow_spec(flow)["format"] == 3
+    assert flow.pairing == payload["lgm_flow"]["init_args"]["coupling"] and flow_spec(flow)["format"] == 4
     payload["lgm_flow"]["format"] = 7
     torch.save(payload, tmp_path / "future.pt")
-    with pytest.raises(CheckpointError, match="format 7; this version reads formats 1 to 3"):
+    with pytest.raises(CheckpointError, match="format 7; this version reads formats 1 to 4"):
         load(tmp_path / "future.pt")
 
 
@@ -126,8 +126,30 @@ def test_format_2_flat_preprocessing_becomes_one_value():
     flat = {"n_bits": 5, "data_range": "unit", "logit_alpha": 0.05, "normalize": None, "pad_to": None}
     spec = {"format": 2, "class_path": "lgm.flow.glow.Glow", "init_args": {"shape": [1, 8, 8], "levels": 2, **flat}}
     upgraded = upgrade_spec(spec, "test")
-    assert upgraded["format"] == 3 and upgraded["init_args"] == {"shape": [1, 8, 8], "levels": 2, "preprocessing": flat}
+    assert upgraded["format"] == 4 and upgraded["init_args"] == {"shape": [1, 8, 8], "levels": 2, "preprocessing": flat}
     continuous = {"format": 2, "class_path": "lgm.flow.nice.NiceFlow", "init_args": {"shape": [2], "n_bits": None}}
     assert upgrade_spec(continuous, "test")["init_args"] == {"shape": [2], "preprocessing": None}
-    glow = Glow(shape=(1, 8, 8), levels=2, steps=1, hidden=4, preprocessing=upgraded["init_args"]["preprocessing"])
+    glow = Glow(shape=(1, 8, 8), levels=2, flow_steps=1, width=4, preprocessing=upgraded["init_args"]["preprocessing"])
     assert glow.n_bits == 5 and glow.init_args["preprocessing"] == flat
+
+
+@pytest.mark.parametrize(
+    ("class_path", "old", "new"),
+    [
+        ("lgm.flow.nice.NiceFlow", {"hidden": 8}, {"width": 8}),
+        ("lgm.flow.realnvp.RealNVP", {"hidden": 8, "blocks": 1}, {"width": 8, "depth": 1}),
+        ("lgm.flow.glow.Glow", {"hidden": 4, "steps": 1}, {"width": 4, "flow_steps": 1}),
+        ("lgm.flow.glow.VectorGlow", {"hidden": 8, "steps": 2}, {"width": 8, "flow_steps": 2}),
+        (
+            "lgm.flow.matching.FlowMatching",
+            {"hidden": 8, "widths": [8, 8], "embed": 8, "steps": 4},
+            {"width": 8, "level_widths": [8, 8], "embedding_width": 8, "steps": 4},
+        ),
+    ],
+)
+def test_format_3_sizes_take_the_width_depth_vocabulary(class_path, old, new):
+    """``hidden``/``blocks``/``widths``/``embed`` and Glow's ``steps`` became ``width``/``depth``/... in format 4;
+    the solver steps of flow matching keep their name."""
+    upgraded = upgrade_spec({"format": 3, "class_path": class_path, "init_args": dict(old)}, "test")
+    assert upgraded == {"format": 4, "class_path": class_path, "init_args": new}
+    assert build_flow(upgraded).init_args.items() >= new.items()

@@ -74,7 +74,7 @@ def test_other_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="for images give their preprocessing"):
         FlowMatching((1, 8, 8))
     with pytest.raises(ValueError, match="divisible by 4"):
-        FlowMatching((1, 6, 6), preprocessing=Preprocessing(), widths=(8, 8, 8)).log_prob(torch.rand(2, 1, 6, 6))
+        FlowMatching((1, 6, 6), preprocessing=Preprocessing(), level_widths=(8, 8, 8)).log_prob(torch.rand(2, 1, 6, 6))
 
 
 # --- the learned field -------------------------------------------------------------------------------
@@ -101,7 +101,7 @@ class GaussianData(ToyDataModule):
 @pytest.fixture(scope="module")
 def gaussian_model(tmp_path_factory):
     torch.manual_seed(0)
-    model = FlowMatching(2, hidden=64, depth=2, embed=16)
+    model = FlowMatching(2, width=64, depth=2, embedding_width=16)
     data = GaussianData(n_train=8192, n_val=512, n_test=512, batch_size=256)
     fit_flow(model, data, steps=1500, lr=3e-3, run_dir=tmp_path_factory.mktemp("fm"), progress=False)
     return model
@@ -150,7 +150,13 @@ def test_temperature_scales_the_initial_noise(gaussian_model):
 def random_image_model(**kwargs):
     torch.manual_seed(1)
     model = FlowMatching(
-        (1, 4, 4), preprocessing=Preprocessing(), widths=(8, 8), embed=8, steps=8, likelihood_solver="rk4", **kwargs
+        (1, 4, 4),
+        preprocessing=Preprocessing(),
+        level_widths=(8, 8),
+        embedding_width=8,
+        steps=8,
+        likelihood_solver="rk4",
+        **kwargs,
     )
     with torch.no_grad():  # the zero-initialised head would make v = 0 and every divergence 0
         for p in model.velocity.head.parameters():
@@ -184,8 +190,8 @@ def test_normalised_data_space_keeps_the_likelihood_exact(normalize, tmp_path):
     model = FlowMatching(
         (1, 4, 4),
         preprocessing=Preprocessing(normalize=normalize),
-        widths=(8, 8),
-        embed=8,
+        level_widths=(8, 8),
+        embedding_width=8,
         steps=4,
         likelihood_solver="rk4",
     )
@@ -205,7 +211,7 @@ def test_normalised_data_space_keeps_the_likelihood_exact(normalize, tmp_path):
 
 def test_auto_divergence_is_exact_for_small_dimensions():
     assert random_image_model(divergence="auto").log_prob(torch.rand(2, 1, 4, 4)).shape == (2,)
-    small, large = random_image_model(), FlowMatching((1, 12, 12), preprocessing=Preprocessing(), widths=(8, 8))
+    small, large = random_image_model(), FlowMatching((1, 12, 12), preprocessing=Preprocessing(), level_widths=(8, 8))
     assert math.prod(small.model_shape) <= 64 < math.prod(large.model_shape)
 
 
@@ -221,7 +227,7 @@ def test_ot_assignment_is_the_optimal_permutation():
 
 
 def test_class_conditional_model_needs_labels_and_saves_and_loads(tmp_path):
-    model = FlowMatching(2, hidden=16, depth=1, n_classes=3)
+    model = FlowMatching(2, width=16, depth=1, n_classes=3)
     with pytest.raises(ValueError, match="pass labels"):
         model.sample(2)
     labels = torch.tensor([0, 2])
@@ -242,7 +248,7 @@ def test_image_model_trains_validates_on_its_objective_and_tests_bits_per_dim(tm
         "[1, 8, 8]",
         "--model.flow.init_args.preprocessing.n_bits",
         "8",
-        "--model.flow.init_args.widths",
+        "--model.flow.init_args.level_widths",
         "[8, 8]",
         "--model.flow.init_args.steps",
         "4",
@@ -280,7 +286,7 @@ def test_image_model_trains_validates_on_its_objective_and_tests_bits_per_dim(tm
 
 
 def test_sample_command_takes_solver_and_steps_and_reports_the_cost(tmp_path, capsys):
-    save(FlowMatching(2, hidden=8, depth=1), tmp_path / "fm.pt")
+    save(FlowMatching(2, width=8, depth=1), tmp_path / "fm.pt")
     main(
         [
             "sample",
@@ -312,7 +318,12 @@ def test_evaluate_reports_on_a_flow_matching_model(tmp_path, monkeypatch):
     save_classifier(classifier_for("fashion_mnist"), tmp_path / "classifier.pt")
     save(
         FlowMatching(
-            (1, 28, 28), preprocessing=Preprocessing(), widths=(8, 8), embed=8, steps=2, divergence="hutchinson"
+            (1, 28, 28),
+            preprocessing=Preprocessing(),
+            level_widths=(8, 8),
+            embedding_width=8,
+            steps=2,
+            divergence="hutchinson",
         ),
         tmp_path / "fm.pt",
     )
@@ -366,7 +377,7 @@ def test_evaluate_refuses_solver_options_for_a_coupling_flow(tmp_path, capsys):
 
     data = fake_data(tmp_path)
     save(
-        NiceFlow((1, 28, 28), couplings=2, hidden=8, depth=1, preprocessing=Preprocessing(data_range="unit")),
+        NiceFlow((1, 28, 28), couplings=2, width=8, depth=1, preprocessing=Preprocessing(data_range="unit")),
         tmp_path / "nice.pt",
     )
     with pytest.raises(SystemExit):
@@ -389,7 +400,7 @@ def test_evaluate_refuses_solver_options_for_a_coupling_flow(tmp_path, capsys):
 
 
 def test_use_solver_keeps_the_old_solver_on_a_bad_value():
-    model = FlowMatching(2, hidden=8, depth=1, solver="rk4", steps=8)
+    model = FlowMatching(2, width=8, depth=1, solver="rk4", steps=8)
     model.use_solver(steps=3)
     assert (model.solver, model.steps) == ("rk4", 3)
     with pytest.raises(ValueError, match="unknown ODE solver 'leapfrog'"):
@@ -399,8 +410,8 @@ def test_use_solver_keeps_the_old_solver_on_a_bad_value():
 
 def test_image_likelihoods_integrate_adaptively_by_default_apart_from_the_sampling_solver(tmp_path):
     image, points = (
-        FlowMatching((1, 4, 4), preprocessing=Preprocessing(), widths=(8, 8), steps=8),
-        FlowMatching(2, hidden=8, depth=1, steps=8),
+        FlowMatching((1, 4, 4), preprocessing=Preprocessing(), level_widths=(8, 8), steps=8),
+        FlowMatching(2, width=8, depth=1, steps=8),
     )
     assert image.likelihood_integration == ("dopri5", 8) and points.likelihood_integration == ("rk4", 8)
     image.use_likelihood_solver("heun", 3)
@@ -411,23 +422,23 @@ def test_image_likelihoods_integrate_adaptively_by_default_apart_from_the_sampli
     with pytest.raises(ValueError, match="unknown likelihood solver 'leapfrog'; choose auto or one of"):
         image.use_likelihood_solver("leapfrog")
     assert image.likelihood_integration == ("heun", 3)
-    save(FlowMatching(2, hidden=8, depth=1, likelihood_solver="midpoint", likelihood_steps=5), tmp_path / "fm.pt")
+    save(FlowMatching(2, width=8, depth=1, likelihood_solver="midpoint", likelihood_steps=5), tmp_path / "fm.pt")
     assert load(tmp_path / "fm.pt").likelihood_integration == ("midpoint", 5)
 
 
 def test_a_checkpoint_from_before_an_argument_existed_still_resumes():
     from lgm.flow.io import check_compatible, flow_spec
 
-    model = FlowMatching(2, hidden=8, depth=1)
+    model = FlowMatching(2, width=8, depth=1)
     old = flow_spec(model)
     old["init_args"] = {k: v for k, v in old["init_args"].items() if not k.startswith("likelihood_")}
     check_compatible(old, model, "old.ckpt")  # the missing arguments take their defaults
     with pytest.raises(CheckpointError, match=r"likelihood_solver"):
-        check_compatible(old, FlowMatching(2, hidden=8, depth=1, likelihood_solver="rk4"), "old.ckpt")
+        check_compatible(old, FlowMatching(2, width=8, depth=1, likelihood_solver="rk4"), "old.ckpt")
 
 
 def test_check_invertible_refuses_a_continuous_flow_with_the_reason():
     from lgm.flow import check_invertible
 
     with pytest.raises(ValueError, match="only up to its ODE solver's error"):
-        check_invertible(FlowMatching(2, hidden=8, depth=1), torch.randn(4, 2))
+        check_invertible(FlowMatching(2, width=8, depth=1), torch.randn(4, 2))

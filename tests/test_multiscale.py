@@ -26,11 +26,11 @@ UNIT_NO_CLAMP = Preprocessing(data_range="unit", logit_alpha=1e-12)
 
 
 def tiny_glow(**kwargs):
-    return Glow(**{**dict(shape=(1, 4, 4), levels=2, steps=2, hidden=8), **kwargs})
+    return Glow(**{**dict(shape=(1, 4, 4), levels=2, flow_steps=2, width=8), **kwargs})
 
 
 def tiny_realnvp(**kwargs):
-    return RealNVP(**{**dict(shape=(3, 4, 4), levels=2, hidden=8, blocks=1, learned_prior=True), **kwargs})
+    return RealNVP(**{**dict(shape=(3, 4, 4), levels=2, width=8, depth=1, learned_prior=True), **kwargs})
 
 
 def ready(model, seed=0, std=0.1):
@@ -94,9 +94,9 @@ def test_log_prob_matches_priors_plus_autograd_jacobian(build):
 @pytest.mark.parametrize(
     "build, bound",
     [
-        (lambda: Glow(shape=(1, 28, 28), levels=2, steps=4, hidden=16), 1e-4),
-        (lambda: Glow(shape=(3, 32, 32), levels=3, steps=2, hidden=16), 1e-4),
-        (lambda: RealNVP(shape=(1, 28, 28), levels=2, hidden=16, blocks=1), 1e-4),
+        (lambda: Glow(shape=(1, 28, 28), levels=2, flow_steps=4, width=16), 1e-4),
+        (lambda: Glow(shape=(3, 32, 32), levels=3, flow_steps=2, width=16), 1e-4),
+        (lambda: RealNVP(shape=(1, 28, 28), levels=2, width=16, depth=1), 1e-4),
     ],
     ids=["glow-28", "glow-32", "realnvp-28"],
 )
@@ -311,7 +311,7 @@ def test_save_load_keeps_actnorm_state(tmp_path):
 def test_sides_not_divisible_name_the_fix():
     with pytest.raises(ValueError, match=r"28x28 are not divisible by 2\^3 = 8.*pad_to"):
         Glow(shape=(1, 28, 28), levels=3)
-    assert Glow(shape=(1, 28, 28), levels=3, steps=1, hidden=4, preprocessing=Preprocessing(pad_to=32)).shape == (
+    assert Glow(shape=(1, 28, 28), levels=3, flow_steps=1, width=4, preprocessing=Preprocessing(pad_to=32)).shape == (
         1,
         28,
         28,
@@ -337,7 +337,7 @@ def test_sampling_before_initialisation_is_refused_and_initialises_nothing(train
         ({"mixing": "random"}, "unknown mixing 'random'"),
         ({"coupling": "spline"}, "coupling must be 'affine' or 'additive'"),
         ({"scale": "relu"}, "unknown scale function 'relu'"),
-        ({"levels": 0}, "levels and steps must be at least 1"),
+        ({"levels": 0}, "levels and flow_steps must be at least 1"),
         ({"preprocessing": {"n_bits": 9}}, "n_bits must be between 1 and 8"),
         ({"n_classes": 0}, "n_classes must be at least 1"),
     ],

@@ -14,7 +14,7 @@ from lgm.flow import Latent, NiceFlow
 @pytest.mark.parametrize("scale", ["exp", "softplus", "sigmoid"])
 def test_2d_density_integrates_to_one(prior, scale):
     torch.manual_seed(0)
-    model = NiceFlow.toy(prior=prior, scale=scale, hidden=16, depth=2)
+    model = NiceFlow.toy(prior=prior, scale=scale, width=16, depth=2)
     # Random (not zero) coupling weights: a curved density, not just the prior.
     randomise(model, seed=3)
     with torch.no_grad():
@@ -24,7 +24,7 @@ def test_2d_density_integrates_to_one(prior, scale):
 
 
 def test_randomised_density_is_not_the_prior():
-    model = randomise(NiceFlow.toy(hidden=16, depth=2), seed=3)
+    model = randomise(NiceFlow.toy(width=16, depth=2), seed=3)
     x = torch.randn(10, 2)
     assert not torch.allclose(model.log_prob(x), model.prior.log_prob(x))
 
@@ -44,7 +44,7 @@ def test_mnist_preset_is_the_papers_model():
 
 def test_sample_decode_encode_and_temperature():
     torch.manual_seed(0)
-    model = randomise(NiceFlow.toy(hidden=16, depth=2), seed=1)
+    model = randomise(NiceFlow.toy(width=16, depth=2), seed=1)
     x = model.sample(500)
     assert x.shape == (500, 2)
     torch.testing.assert_close(model.decode(model.encode(x)), x, rtol=1e-5, atol=1e-5)
@@ -102,6 +102,6 @@ def test_negative_temperature_is_refused():
 
 
 def test_zero_temperature_decodes_the_prior_mode():
-    model = randomise(NiceFlow.toy(hidden=16, depth=2), seed=1)
+    model = randomise(NiceFlow.toy(width=16, depth=2), seed=1)
     expected = model.decode(Latent(torch.zeros(1, 2)))
     torch.testing.assert_close(model.sample(3, temperature=0.0), expected.expand(3, 2))

@@ -15,16 +15,16 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 SMALL = {
     "01_toy_2d": {"STEPS": 20, "N_TRAIN": 2048, "N_KL": 2000, "GRID": 40},
     "02_nice_mnist": {
-        "HIDDEN": 32,
+        "WIDTH": 32,
         "DEPTH": 2,
         "MAX_STEPS": 10,
         "VAL_BATCHES": 2,
         "EVAL_IMAGES": 200,
-        "SCALE_HIDDEN": 16,
+        "SCALE_WIDTH": 16,
         "SCALE_DEPTH": 1,
     },
     "03_glow_fashion": {
-        "HIDDEN": 8,
+        "WIDTH": 8,
         "K": 2,
         "MAX_STEPS": 10,
         "VAL_BATCHES": 2,

@@ -64,7 +64,7 @@ TINY = [
     "512",
     "--data.init_args.batch_size",
     "256",
-    "--model.flow.init_args.hidden",
+    "--model.flow.init_args.width",
     "16",
     "--toy_diagnostics.n_kl",
     "2000",
@@ -104,7 +104,7 @@ def test_cli_fit_writes_logs_checkpoints_figures_and_resumes(tmp_path, monkeypat
     assert epochs == {"0", "1"}, "metrics of the first epoch were lost on resume"
 
     flow = load(last)
-    assert type(flow) is NiceFlow and flow.init_args["hidden"] == 16
+    assert type(flow) is NiceFlow and flow.init_args["width"] == 16
     assert torch.isfinite(flow.log_prob(toy.banana(100))).all()
 
 
@@ -211,7 +211,7 @@ DIGITS = [
     "0.05",
     "--model.flow.init_args.preprocessing.normalize",
     "global",
-    "--model.flow.init_args.hidden",
+    "--model.flow.init_args.width",
     "32",
     "--model.dequant_samples",
     "3",
@@ -284,7 +284,7 @@ def test_nice_mnist_recipe_runs_on_the_shared_data(tmp_path, monkeypatch, capsys
             "fit",
             "--config",
             str(config),
-            "--model.flow.init_args.hidden",
+            "--model.flow.init_args.width",
             "16",
             "--trainer.max_steps",
             "3",
@@ -300,7 +300,7 @@ def test_nice_mnist_recipe_runs_on_the_shared_data(tmp_path, monkeypatch, capsys
             "test",
             "--config",
             str(config),
-            "--model.flow.init_args.hidden",
+            "--model.flow.init_args.width",
             "16",
             "--trainer.limit_test_batches",
             "2",
@@ -315,7 +315,7 @@ def test_nice_mnist_recipe_runs_on_the_shared_data(tmp_path, monkeypatch, capsys
 
 def test_sample_command_draws_images_and_points(tmp_path, capsys):
     image_model = NiceFlow(
-        shape=(1, 8, 8), hidden=8, depth=1, preprocessing=Preprocessing(n_bits=5, data_range="unit", logit_alpha=0.05)
+        shape=(1, 8, 8), width=8, depth=1, preprocessing=Preprocessing(n_bits=5, data_range="unit", logit_alpha=0.05)
     )
     save(image_model, tmp_path / "images.pt")
     main(
@@ -336,7 +336,7 @@ def test_sample_command_draws_images_and_points(tmp_path, capsys):
 
     assert Image.open(tmp_path / "grid.png").size == (3 * 9 + 1, 3 * 9 + 1)  # 3 x 3 tiles of 8 + 1 padding
 
-    conditional = Glow(shape=(1, 4, 4), levels=1, steps=1, hidden=4, n_classes=3)
+    conditional = Glow(shape=(1, 4, 4), levels=1, flow_steps=1, width=4, n_classes=3)
     conditional.initialize(torch.rand(8, 1, 4, 4), torch.arange(8) % 3)
     save(conditional, tmp_path / "conditional.pt")
     main(
@@ -381,9 +381,9 @@ def test_cli_trains_a_class_conditional_glow(tmp_path, monkeypatch, capsys):
         "[1, 8, 8]",
         "--model.flow.init_args.levels",
         "2",
-        "--model.flow.init_args.steps",
+        "--model.flow.init_args.flow_steps",
         "2",
-        "--model.flow.init_args.hidden",
+        "--model.flow.init_args.width",
         "16",
         "--model.flow.init_args.n_classes",
         "10",

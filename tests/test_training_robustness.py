@@ -37,7 +37,7 @@ def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
 
 
 def tiny_glow(**overrides) -> Glow:
-    return Glow(**{"shape": (1, 8, 8), "levels": 2, "steps": 2, "hidden": 16, **overrides})
+    return Glow(**{"shape": (1, 8, 8), "levels": 2, "flow_steps": 2, "width": 16, **overrides})
 
 
 # -- optimisation switches --------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def test_weight_decay_spares_the_flow_s_own_parameters():
 @pytest.mark.parametrize("name", ["adam", "adamw", "adamax"])
 def test_optimizer_and_schedule_switches(tmp_path, name):
     module = FlowModule(
-        NiceFlow.toy(hidden=8),
+        NiceFlow.toy(width=8),
         lr=1e-2,
         optimizer=name,
         weight_decay=1e-3,
@@ -149,7 +149,7 @@ class StepRecorder(L.Callback):
 
 def test_a_non_finite_batch_is_skipped_and_leaves_weights_and_optimiser_alone(tmp_path):
     recorder = StepRecorder()
-    module = FlowModule(NiceFlow.toy(hidden=8), lr=1e-3)
+    module = FlowModule(NiceFlow.toy(width=8), lr=1e-3)
     trainer = quiet_trainer(tmp_path, max_epochs=1, limit_val_batches=0, callbacks=[recorder])
     trainer.fit(module, datamodule=PoisonedToy(n_train=1024, n_val=64, n_test=64, batch_size=128))
     bad = [s for s in recorder.steps if not s[0]]
@@ -161,7 +161,7 @@ def test_a_non_finite_batch_is_skipped_and_leaves_weights_and_optimiser_alone(tm
 
 
 def test_steps_that_keep_failing_stop_training_with_a_clear_message(tmp_path):
-    flow = NiceFlow.toy(hidden=8)
+    flow = NiceFlow.toy(width=8)
     with torch.no_grad():
         flow.scaling.h.fill_(1e5)  # exp(1e5) = inf: every forward pass overflows in the scaling layer
     start = {k: v.clone() for k, v in flow.state_dict().items()}
@@ -181,7 +181,7 @@ def test_steps_that_keep_failing_stop_training_with_a_clear_message(tmp_path):
 
 
 def test_a_checkpoint_with_non_finite_weights_is_refused():
-    module = FlowModule(NiceFlow.toy(hidden=8))
+    module = FlowModule(NiceFlow.toy(width=8))
     state = {"state_dict": {k: v.clone() for k, v in module.state_dict().items()}}
     state["state_dict"]["flow.transform.transforms.5.h"][0] = float("nan")
     with pytest.raises(
@@ -231,7 +231,7 @@ def test_ema_is_on_for_images_and_is_what_checkpoints_and_validation_see(tmp_pat
 
     toy_ema = FlowEMA()
     toy_trainer = quiet_trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[toy_ema])
-    toy_trainer.fit(FlowModule(NiceFlow.toy(hidden=8)), datamodule=ToyDataModule(n_train=512, n_val=64, n_test=64))
+    toy_trainer.fit(FlowModule(NiceFlow.toy(width=8)), datamodule=ToyDataModule(n_train=512, n_val=64, n_test=64))
     assert not toy_ema.active and toy_ema.average_flow is None
 
 
@@ -288,7 +288,7 @@ def test_compiled_networks_give_the_same_loss():
     x = toy.banana(64, seed=0)
     for compiled in (False, True):
         torch.manual_seed(0)
-        module = FlowModule(NiceFlow.toy(hidden=8), compile=compiled)
+        module = FlowModule(NiceFlow.toy(width=8), compile=compiled)
         module.setup("fit")
         losses.append(module._loss(x))
     assert torch.allclose(*losses, atol=1e-5)
@@ -309,9 +309,9 @@ def test_a_truncated_or_incompatible_checkpoint_is_refused_clearly(tmp_path, mon
         main(["fit", *IMAGE_RUN, "--ckpt_path", str(cut)])
     assert exit_info.value.code == 2 and "not a complete PyTorch file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", *IMAGE_RUN, "--model.flow.init_args.hidden", "8", "--ckpt_path", str(last)])
+        main(["fit", *IMAGE_RUN, "--model.flow.init_args.width", "8", "--ckpt_path", str(last)])
     assert exit_info.value.code == 2
-    assert re.search(r"differs .* in \['hidden'\]", capsys.readouterr().err.splitlines()[-1])
+    assert re.search(r"differs .* in \['width'\]", capsys.readouterr().err.splitlines()[-1])
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):

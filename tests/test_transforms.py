@@ -53,7 +53,7 @@ def initialized(layer, shape=None):
 
 
 def image_coupling(channels, mask, parity, scale="sigmoid", affine=True, net="glow"):
-    builder = partial(glow_net, hidden=8) if net == "glow" else partial(resnet, hidden=8, blocks=1)
+    builder = partial(glow_net, width=8) if net == "glow" else partial(resnet, width=8, depth=1)
     layer = ImageCoupling(channels, builder, mask=mask, parity=parity, scale=scale, affine=affine)
     return initialized_net(layer, (channels, 4, 4))
 
@@ -66,7 +66,7 @@ def initialized_net(module, shape):
 
 
 def coupling(partition: str, change: str) -> AdditiveVectorCoupling:
-    return AdditiveVectorCoupling(DIM, mlp(DIM // 2, DIM // 2, hidden=8, depth=2), partition=partition, change=change)
+    return AdditiveVectorCoupling(DIM, mlp(DIM // 2, DIM // 2, width=8, depth=2), partition=partition, change=change)
 
 
 TRANSFORMS = {
@@ -81,20 +81,20 @@ TRANSFORMS = {
     "nice-toy": lambda: NiceFlow.toy().transform,
     **{
         f"affine-vector-{p}-{c}-{scale}": (
-            lambda p=p, c=c, scale=scale: AffineVectorCoupling(DIM, mlp(DIM // 2, DIM, hidden=8, depth=2), p, c, scale)
+            lambda p=p, c=c, scale=scale: AffineVectorCoupling(DIM, mlp(DIM // 2, DIM, width=8, depth=2), p, c, scale)
         )
         for p in ("even_odd", "halves")
         for c in ("first", "second")
         for scale in ("exp", "softclamp")
     },
-    "vector-realnvp": lambda: VectorRealNVP(shape=DIM, couplings=4, hidden=8).transform,
+    "vector-realnvp": lambda: VectorRealNVP(shape=DIM, couplings=4, width=8).transform,
     **{
         f"vector-glow-{mixing}": (
-            lambda mixing=mixing: initialized_net(VectorGlow(DIM, 3, hidden=8, mixing=mixing).transform, (DIM,))
+            lambda mixing=mixing: initialized_net(VectorGlow(DIM, 3, width=8, mixing=mixing).transform, (DIM,))
         )
         for mixing in ("conv_lu", "conv", "shuffle")
     },
-    "nice-batchnorm-eval": lambda: NiceFlow(shape=(DIM,), hidden=8, depth=2, norm="batch").transform.eval(),
+    "nice-batchnorm-eval": lambda: NiceFlow(shape=(DIM,), width=8, depth=2, norm="batch").transform.eval(),
     "center": lambda: Center(),
     "logit": lambda: Logit(0.05),
     "logit-alpha0": lambda: Logit(0.0),
@@ -104,7 +104,7 @@ TRANSFORMS = {
         initialized_flow(
             NiceFlow(
                 shape=(1, 2, 3),
-                hidden=8,
+                width=8,
                 depth=2,
                 preprocessing=Preprocessing(data_range="unit", logit_alpha=0.05, normalize="per_pixel"),
             )
@@ -206,7 +206,7 @@ def test_scaling_starts_as_identity_where_the_map_allows():
 
 
 @pytest.mark.parametrize(
-    "builder", [partial(glow_net, hidden=8), partial(resnet, hidden=8, blocks=1)], ids=["glow", "resnet"]
+    "builder", [partial(glow_net, width=8), partial(resnet, width=8, depth=1)], ids=["glow", "resnet"]
 )
 def test_channels_last_net_computes_the_plain_sequential_map(builder):
     """The fast path (NHWC layout, conv + actnorm as one convolution, zero conv folded) is the same
@@ -226,8 +226,8 @@ def test_channels_last_net_computes_the_plain_sequential_map(builder):
 
 def test_channels_last_net_loads_a_contiguous_state_dict():
     """Checkpoints written with NCHW weights load into the channels-last network unchanged."""
-    net = initialized_net(glow_net(2, 4, hidden=8), (2, 4, 4))
-    old = {k: v.contiguous() for k, v in randomise(glow_net(2, 4, hidden=8)).state_dict().items()}
+    net = initialized_net(glow_net(2, 4, width=8), (2, 4, 4))
+    old = {k: v.contiguous() for k, v in randomise(glow_net(2, 4, width=8)).state_dict().items()}
     net.load_state_dict(old)
     for k, v in net.state_dict().items():
         torch.testing.assert_close(v, old[k], rtol=0, atol=0)
@@ -239,7 +239,7 @@ def test_channels_last_net_loads_a_contiguous_state_dict():
 
 def test_check_invertible_passes_correct_flows_and_catches_a_wrong_log_det():
     torch.manual_seed(0)
-    glow = Glow(shape=(1, 8, 8), levels=2, steps=2, hidden=8)
+    glow = Glow(shape=(1, 8, 8), levels=2, flow_steps=2, width=8)
     x = torch.rand(16, 1, 8, 8)
     glow.initialize(x)
     with torch.no_grad():

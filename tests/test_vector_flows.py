@@ -12,7 +12,7 @@ from lgm.flow import ActNorm, InvConv1x1, VectorGlow, VectorRealNVP
 
 @pytest.mark.parametrize(
     "build",
-    [lambda: VectorRealNVP(2, couplings=4, hidden=16), lambda: VectorGlow(2, steps=4, hidden=16)],
+    [lambda: VectorRealNVP(2, couplings=4, width=16), lambda: VectorGlow(2, flow_steps=4, width=16)],
     ids=["realnvp", "glow"],
 )
 def test_2d_density_integrates_to_one(build):
@@ -26,14 +26,14 @@ def test_2d_density_integrates_to_one(build):
 
 
 def test_vector_glow_is_glows_step_on_features():
-    model = VectorGlow(shape=(2, 3), steps=2, hidden=8)
+    model = VectorGlow(shape=(2, 3), flow_steps=2, width=8)
     kinds = [type(t).__name__ for t in model.transform.transforms]
     assert kinds == ["Reshape", *["ActNorm", "InvConv1x1", "AffineVectorCoupling"] * 2]
     assert all(c.change == "second" for c in model.transform.transforms[3::3])
 
 
 def test_vector_glow_actnorm_standardises_its_first_batch():
-    model = VectorGlow(shape=2, steps=1, hidden=8)
+    model = VectorGlow(shape=2, flow_steps=1, width=8)
     x = torch.tensor([3.0, -1.0]) + torch.tensor([2.0, 0.5]) * torch.randn(512, 2)
     model.initialize(x)
     actnorm = model.transform.transforms[1]
@@ -44,7 +44,7 @@ def test_vector_glow_actnorm_standardises_its_first_batch():
 
 
 def test_vector_glow_linear_map_starts_orthogonal_and_differs_by_step():
-    model = VectorGlow(shape=4, steps=2, hidden=8, seed=1)
+    model = VectorGlow(shape=4, flow_steps=2, width=8, seed=1)
     first, second = (t.matrix() for t in model.transform.transforms if isinstance(t, InvConv1x1))
     torch.testing.assert_close(first @ first.T, torch.eye(4), atol=1e-5, rtol=0)
     assert not torch.allclose(first, second)
@@ -54,7 +54,7 @@ def test_vector_glow_linear_map_starts_orthogonal_and_differs_by_step():
     "kwargs, message",
     [
         (dict(shape=3), "even"),
-        (dict(steps=0), "steps must be at least 1"),
+        (dict(flow_steps=0), "flow_steps must be at least 1"),
         (dict(mixing="swap"), "unknown mixing"),
         (dict(scale="cube"), "scale"),
     ],

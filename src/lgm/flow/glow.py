@@ -37,11 +37,11 @@ def make_mixing(kind: str, channels: int, seed: int) -> Transform:
 class Glow(MultiScaleFlow):
     """Glow for images of ``shape = (C, H, W)`` with ``H, W`` divisible by ``2**levels``.
 
-    Each level: squeeze, then ``steps`` x (actnorm, 1x1 conv, coupling); every level but the last
+    Each level: squeeze, then ``flow_steps`` x (actnorm, 1x1 conv, coupling); every level but the last
     then factors out half its channels.
 
     Args:
-        levels, steps, hidden: ``L``, ``K`` and the coupling networks' width (paper: 3, 32, 512).
+        levels, flow_steps, width: ``L``, ``K`` and the coupling networks' channels (paper: 3, 32, 512).
         coupling: ``"affine"`` or ``"additive"``.
         mixing: how each step mixes the channels: ``"conv_lu"`` (LU-parametrised invertible 1x1
             convolution), ``"conv"`` (plain 1x1 convolution), or a fixed permutation, ``"reverse"`` or
@@ -59,8 +59,8 @@ class Glow(MultiScaleFlow):
         self,
         shape: Sequence[int] = (1, 28, 28),
         levels: int = 2,
-        steps: int = 8,
-        hidden: int = 128,
+        flow_steps: int = 8,
+        width: int = 128,
         coupling: str = "affine",
         mixing: str = "conv_lu",
         scale: str = "sigmoid",
@@ -73,16 +73,16 @@ class Glow(MultiScaleFlow):
         preprocessing = Preprocessing.of(preprocessing) or Preprocessing()
         if coupling not in ("affine", "additive"):
             raise ValueError(f"coupling must be 'affine' or 'additive', got {coupling!r}")
-        if levels < 1 or steps < 1:
-            raise ValueError(f"levels and steps must be at least 1, got {levels} and {steps}")
+        if levels < 1 or flow_steps < 1:
+            raise ValueError(f"levels and flow_steps must be at least 1, got {levels} and {flow_steps}")
         preprocess, (c, h, w) = preprocessing.transforms(shape)
         check_divisible((c, h, w), levels, levels)
-        net = partial(glow_net, hidden=hidden)
+        net = partial(glow_net, width=width)
         level_transforms, split_priors, latent_shapes = [], [], []
         for level in range(levels):
             c, h, w = 4 * c, h // 2, w // 2
             layers: list[Transform] = [Squeeze()]
-            for step in range(steps):
+            for step in range(flow_steps):
                 layers += [
                     ActNorm(c),
                     make_mixing(mixing, c, seed + 1000 * level + step),
@@ -103,11 +103,11 @@ class Glow(MultiScaleFlow):
     @classmethod
     def paper_cifar10(cls, **overrides) -> Glow:
         """The paper's CIFAR-10 model: L = 3, K = 32, width 512, affine coupling, LU 1x1 conv (GPU-sized)."""
-        return cls(**{**dict(shape=(3, 32, 32), levels=3, steps=32, hidden=512), **overrides})
+        return cls(**{**dict(shape=(3, 32, 32), levels=3, flow_steps=32, width=512), **overrides})
 
 
 class VectorGlow(Flow):
-    """Glow's step on continuous vectors (e.g. the 2-D toys): ``steps`` x (actnorm, invertible
+    """Glow's step on continuous vectors (e.g. the 2-D toys): ``flow_steps`` x (actnorm, invertible
     linear map, affine coupling) on flat features, then a standard prior. Samples of any shape
     are flattened to ``D`` features (D even).
 
@@ -117,8 +117,8 @@ class VectorGlow(Flow):
 
     Args:
         shape: shape of one sample, ``2`` for 2-D points.
-        steps: number of (actnorm, linear map, coupling) steps.
-        hidden, depth, activation: each coupling network's MLP (`lgm.flow.nets.mlp`), zero-initialised.
+        flow_steps: number of (actnorm, linear map, coupling) steps.
+        width, depth, activation: each coupling network's MLP (`lgm.flow.nets.mlp`), zero-initialised.
         mixing: ``"conv_lu"``, ``"conv"``, ``"reverse"`` or ``"shuffle"``, as in `Glow`.
         scale: the couplings' positivity map (see `lgm.flow.scales`); ``"sigmoid"`` is openai/glow's.
         prior: ``"gaussian"`` or ``"logistic"``.
@@ -128,8 +128,8 @@ class VectorGlow(Flow):
     def __init__(
         self,
         shape: int | Sequence[int] = 2,
-        steps: int = 8,
-        hidden: int = 64,
+        flow_steps: int = 8,
+        width: int = 64,
         depth: int = 2,
         activation: str = "relu",
         mixing: str = "conv_lu",
@@ -140,13 +140,13 @@ class VectorGlow(Flow):
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         dim = math.prod(shape)
         check_partition(dim, "halves")
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
+        if flow_steps < 1:
+            raise ValueError(f"flow_steps must be at least 1, got {flow_steps}")
         layers: list[Transform] = [Reshape(shape, (dim,))]
-        for step in range(steps):
+        for step in range(flow_steps):
             layers += [
                 ActNorm(dim),
                 make_mixing(mixing, dim, seed + step),
-                AffineVectorCoupling(dim, mlp(dim // 2, dim, hidden, depth, activation), scale=scale),
+                AffineVectorCoupling(dim, mlp(dim // 2, dim, width, depth, activation), scale=scale),
             ]
         super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape)

@@ -2,7 +2,7 @@
 
 Both files hold the same two entries, so one reader serves both:
 
-* ``"lgm_flow"``: ``{"format": 3, "class_path": "lgm.flow.NiceFlow", "init_args": {...}}``, the
+* ``"lgm_flow"``: ``{"format": 4, "class_path": "lgm.flow.NiceFlow", "init_args": {...}}``, the
   recipe to rebuild the model with plain arguments;
 * ``"state_dict"``: the model's tensors, keys prefixed with ``"flow."`` (the attribute name under
   which the training module holds the model, so Lightning checkpoints need no conversion).
@@ -25,7 +25,7 @@ import torch
 from lgm.flow.base import Flow, plain_init_arg
 from lgm.utils.files import atomic_save
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 # Constructor arguments renamed in format 2, per model class: {class: {old name: new name}}.
 RENAMED_IN_FORMAT_2 = {
@@ -43,6 +43,18 @@ FLAT_PREPROCESSING_DEFAULTS = {
     "lgm.flow.matching.FlowMatching": {"n_bits": None, "data_range": "centered"},
 }
 PREPROCESSING_FIELDS = ("n_bits", "data_range", "logit_alpha", "normalize", "pad_to")
+
+# Format 4 names sizes in one vocabulary: ``width`` (features of a network's hidden layers), ``depth``
+# (its hidden layers or residual blocks), the flow's length by its unit (``couplings``, ``flow_steps``),
+# ``steps`` only for solver steps.
+RENAMED_IN_FORMAT_4 = {
+    "lgm.flow.nice.NiceFlow": {"hidden": "width"},
+    "lgm.flow.realnvp.RealNVP": {"hidden": "width", "blocks": "depth"},
+    "lgm.flow.realnvp.VectorRealNVP": {"hidden": "width"},
+    "lgm.flow.glow.Glow": {"hidden": "width", "steps": "flow_steps"},
+    "lgm.flow.glow.VectorGlow": {"hidden": "width", "steps": "flow_steps"},
+    "lgm.flow.matching.FlowMatching": {"hidden": "width", "widths": "level_widths", "embed": "embedding_width"},
+}
 STATE_PREFIX = "flow."
 
 
@@ -161,8 +173,7 @@ def upgrade_spec(spec: dict, source: str) -> dict:
         )
     class_path, init_args = spec.get("class_path"), dict(spec.get("init_args", {}))
     if version < 2:
-        renamed = RENAMED_IN_FORMAT_2.get(class_path, {})
-        init_args = {renamed.get(k, k): v for k, v in init_args.items()}
+        init_args = renamed_args(init_args, RENAMED_IN_FORMAT_2.get(class_path, {}))
     if version < 3 and class_path in FLAT_PREPROCESSING_DEFAULTS:
         flat = {
             **FLAT_PREPROCESSING_DEFAULTS[class_path],
@@ -172,7 +183,14 @@ def upgrade_spec(spec: dict, source: str) -> dict:
             init_args["preprocessing"] = None
         else:
             init_args["preprocessing"] = {k: flat.get(k) for k in PREPROCESSING_FIELDS}
+    if version < 4:
+        init_args = renamed_args(init_args, RENAMED_IN_FORMAT_4.get(class_path, {}))
     return {**spec, "format": FORMAT_VERSION, "init_args": init_args}
+
+
+def renamed_args(init_args: dict, renamed: dict[str, str]) -> dict:
+    """``init_args`` with the keys in ``renamed`` (``{old name: new name}``) given their new names."""
+    return {renamed.get(k, k): v for k, v in init_args.items()}
 
 
 def build_flow(spec: dict) -> Flow:

@@ -47,9 +47,9 @@ class FlowMatching(Flow):
 
     Args:
         shape: shape of one sample: ``2`` for 2-D points, ``(1, 28, 28)`` for MNIST.
-        hidden, depth: the velocity MLP's width and hidden layers (vectors).
-        widths: the velocity U-Net's channels per resolution, finest first (images).
-        embed: width of the time (and class) embedding.
+        width, depth: the velocity MLP's features per hidden layer and hidden layers (vectors).
+        level_widths: the velocity U-Net's channels per resolution, finest first (images).
+        embedding_width: features of the time (and class) embedding.
         n_classes: number of classes for a class-conditional model, else ``None``.
         preprocessing: ``None`` for continuous data (vectors); for images, their bit depth and
             preprocessing (`lgm.flow.Preprocessing`), as for `lgm.flow.Glow`. ``normalize="global"`` or
@@ -71,10 +71,10 @@ class FlowMatching(Flow):
     def __init__(
         self,
         shape: int | Sequence[int] = 2,
-        hidden: int = 128,
+        width: int = 128,
         depth: int = 3,
-        widths: Sequence[int] = (32, 64, 64),
-        embed: int = 64,
+        level_widths: Sequence[int] = (32, 64, 64),
+        embedding_width: int = 64,
         n_classes: int | None = None,
         preprocessing: Preprocessing | None = None,
         pairing: str = "independent",
@@ -108,9 +108,9 @@ class FlowMatching(Flow):
         self.preprocessing = preprocessing
         self.model_shape = model_shape
         if len(model_shape) == 1:
-            self.velocity = VelocityMLP(model_shape[0], hidden, depth, embed, n_classes)
+            self.velocity = VelocityMLP(model_shape[0], width, depth, embedding_width, n_classes)
         else:
-            self.velocity = VelocityUNet(model_shape[0], tuple(widths), embed, n_classes)
+            self.velocity = VelocityUNet(model_shape[0], tuple(level_widths), embedding_width, n_classes)
         self.n_classes = n_classes
         self.pairing, self.solver, self.steps = pairing, solver, steps
         self.likelihood_solver, self.likelihood_steps = likelihood_solver, likelihood_steps

@@ -27,7 +27,7 @@ NORMS = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
 def mlp(
     in_features: int,
     out_features: int,
-    hidden: int = 64,
+    width: int = 64,
     depth: int = 2,
     activation: str = "relu",
     norm: str | None = None,
@@ -36,7 +36,7 @@ def mlp(
     """A multilayer perceptron ``[B, in_features] -> [B, out_features]``.
 
     Args:
-        hidden: width of every hidden layer.
+        width: features of every hidden layer.
         depth: number of hidden layers (NICE's MNIST model uses 5 of 1000 units).
         activation: one of `ACTIVATIONS`.
         norm: ``None``, ``"batch"`` or ``"layer"``, applied after each hidden linear layer.
@@ -51,14 +51,14 @@ def mlp(
     if norm is not None and norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose None or one of {sorted(NORMS)}")
     layers: list[nn.Module] = []
-    width = in_features
+    features = in_features
     for _ in range(depth):
-        layers.append(nn.Linear(width, hidden))
+        layers.append(nn.Linear(features, width))
         if norm is not None:
-            layers.append(NORMS[norm](hidden))
+            layers.append(NORMS[norm](width))
         layers.append(ACTIVATIONS[activation]())
-        width = hidden
-    last = nn.Linear(width, out_features)
+        features = width
+    last = nn.Linear(features, out_features)
     if zero_init:
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
@@ -150,19 +150,19 @@ class ChannelsLastNet(nn.Sequential):
         return x.contiguous()
 
 
-def glow_net(in_channels: int, out_channels: int, hidden: int = 128) -> ChannelsLastNet:
+def glow_net(in_channels: int, out_channels: int, width: int = 128) -> ChannelsLastNet:
     """Glow's coupling network: conv3x3 - actnorm - ReLU - conv1x1 - actnorm - ReLU - zero-init conv3x3.
 
     ``[B, in_channels, H, W] -> [B, out_channels, H, W]``; starts at exactly zero output.
     """
     return ChannelsLastNet(
-        nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
-        NetActNorm(hidden),
+        nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+        NetActNorm(width),
         nn.ReLU(inplace=True),
-        nn.Conv2d(hidden, hidden, 1, bias=False),
-        NetActNorm(hidden),
+        nn.Conv2d(width, width, 1, bias=False),
+        NetActNorm(width),
         nn.ReLU(inplace=True),
-        ZeroConv2d(hidden, out_channels),
+        ZeroConv2d(width, out_channels),
     )
 
 
@@ -184,12 +184,12 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-def resnet(in_channels: int, out_channels: int, hidden: int = 64, blocks: int = 2) -> ChannelsLastNet:
+def resnet(in_channels: int, out_channels: int, width: int = 64, depth: int = 2) -> ChannelsLastNet:
     """RealNVP's residual coupling network (with actnorm in place of its batch norm), zero-init output."""
     return ChannelsLastNet(
-        nn.Conv2d(in_channels, hidden, 3, padding=1),
-        *(ResidualBlock(hidden) for _ in range(blocks)),
-        NetActNorm(hidden),
+        nn.Conv2d(in_channels, width, 3, padding=1),
+        *(ResidualBlock(width) for _ in range(depth)),
+        NetActNorm(width),
         nn.ReLU(),
-        ZeroConv2d(hidden, out_channels),
+        ZeroConv2d(width, out_channels),
     )

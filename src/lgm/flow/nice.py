@@ -25,7 +25,7 @@ class NiceFlow(Flow):
     Args:
         shape: shape of one sample: ``2`` (or ``(2,)``) for 2-D points, ``(1, 28, 28)`` for MNIST.
         couplings: number of additive coupling layers (the paper uses 4).
-        hidden: width of each coupling network's hidden layers.
+        width: features of each coupling network's hidden layers.
         depth: hidden layers per coupling network (the paper uses 5).
         activation: hidden activation, see `lgm.flow.nets.ACTIVATIONS`.
         norm: ``None``, ``"batch"`` or ``"layer"`` normalisation inside coupling networks.
@@ -41,7 +41,7 @@ class NiceFlow(Flow):
         self,
         shape: int | Sequence[int] = 2,
         couplings: int = 4,
-        hidden: int = 64,
+        width: int = 64,
         depth: int = 3,
         activation: str = "relu",
         norm: str | None = None,
@@ -59,7 +59,7 @@ class NiceFlow(Flow):
             raise ValueError(f"couplings must be at least 1, got {couplings}")
         layers.append(Reshape(model_shape, (dim,)))
         for i in range(couplings):
-            net = mlp(dim // 2, dim // 2, hidden=hidden, depth=depth, activation=activation, norm=norm)
+            net = mlp(dim // 2, dim // 2, width=width, depth=depth, activation=activation, norm=norm)
             layers.append(
                 AdditiveVectorCoupling(dim, net, partition=partition, change="second" if i % 2 == 0 else "first")
             )
@@ -83,7 +83,7 @@ class NiceFlow(Flow):
         args = dict(
             shape=(1, 28, 28),
             couplings=4,
-            hidden=1000,
+            width=1000,
             depth=5,
             partition="even_odd",
             prior="logistic",
@@ -94,5 +94,5 @@ class NiceFlow(Flow):
     @classmethod
     def toy(cls, **overrides) -> NiceFlow:
         """A small model for 2-D densities: 4 couplings of 3 x 64 ReLU units, Gaussian prior."""
-        args = dict(shape=2, couplings=4, hidden=64, depth=3, prior="gaussian")
+        args = dict(shape=2, couplings=4, width=64, depth=3, prior="gaussian")
         return cls(**{**args, **overrides})

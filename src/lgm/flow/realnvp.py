@@ -30,7 +30,7 @@ class RealNVP(MultiScaleFlow):
 
     Args:
         levels: number of scales.
-        hidden, blocks: width and residual blocks of each coupling network.
+        width, depth: channels and residual blocks of each coupling network.
         scale: positivity map of the couplings; ``"softclamp"`` (``exp(3 tanh(h / 3))``) is the bounded
             exp that the paper's code uses in spirit (``scale * tanh``); ``"exp"`` is the plain one.
         learned_prior: learned (conditional) priors instead of N(0, I) (the paper: N(0, I)).
@@ -43,8 +43,8 @@ class RealNVP(MultiScaleFlow):
         self,
         shape: Sequence[int] = (1, 28, 28),
         levels: int = 2,
-        hidden: int = 64,
-        blocks: int = 2,
+        width: int = 64,
+        depth: int = 2,
         scale: str = "softclamp",
         learned_prior: bool = False,
         n_classes: int | None = None,
@@ -56,9 +56,9 @@ class RealNVP(MultiScaleFlow):
             raise ValueError(f"levels must be at least 1, got {levels}")
         preprocess, (c, h, w) = preprocessing.transforms(shape)
         check_divisible((c, h, w), levels - 1, levels)
-        net = partial(resnet, hidden=hidden, blocks=blocks)
+        net = partial(resnet, width=width, depth=depth)
 
-        def couplings(channels: int, mask: str, count: int) -> list[Transform]:
+        def alternating_couplings(channels: int, mask: str, count: int) -> list[Transform]:
             layers: list[Transform] = []
             for parity in range(count):
                 layers += [ImageCoupling(channels, net, mask=mask, parity=parity % 2, scale=scale), ActNorm(channels)]
@@ -66,13 +66,13 @@ class RealNVP(MultiScaleFlow):
 
         level_transforms, split_priors, latent_shapes = [], [], []
         for _ in range(levels - 1):
-            layers = couplings(c, "checkerboard", 3) + [Squeeze()]
+            layers = alternating_couplings(c, "checkerboard", 3) + [Squeeze()]
             c, h, w = 4 * c, h // 2, w // 2
-            level_transforms.append(Compose(*layers, *couplings(c, "channel", 3)))
+            level_transforms.append(Compose(*layers, *alternating_couplings(c, "channel", 3)))
             split_priors.append(SplitPrior(c // 2, c - c // 2, learned_prior, n_classes))
             latent_shapes.append((c - c // 2, h, w))
             c = c // 2
-        level_transforms.append(Compose(*couplings(c, "checkerboard", 4)))
+        level_transforms.append(Compose(*alternating_couplings(c, "checkerboard", 4)))
         latent_shapes.append((c, h, w))
         top = TopPrior((c, h, w), learned_prior, n_classes)
         super().__init__(
@@ -89,7 +89,7 @@ class VectorRealNVP(Flow):
     Args:
         shape: shape of one sample, ``2`` for 2-D points.
         couplings: number of affine couplings.
-        hidden, depth, activation: each coupling network's MLP (`lgm.flow.nets.mlp`), zero-initialised.
+        width, depth, activation: each coupling network's MLP (`lgm.flow.nets.mlp`), zero-initialised.
         partition: ``"halves"`` or ``"even_odd"``.
         scale: positivity map of the couplings, see `lgm.flow.scales`.
         prior: ``"gaussian"`` or ``"logistic"``.
@@ -99,7 +99,7 @@ class VectorRealNVP(Flow):
         self,
         shape: int | Sequence[int] = 2,
         couplings: int = 8,
-        hidden: int = 64,
+        width: int = 64,
         depth: int = 2,
         activation: str = "relu",
         partition: str = "halves",
@@ -113,7 +113,7 @@ class VectorRealNVP(Flow):
             raise ValueError(f"couplings must be at least 1, got {couplings}")
         layers: list[Transform] = [Reshape(shape, (dim,))]
         for i in range(couplings):
-            net = mlp(dim // 2, dim, hidden=hidden, depth=depth, activation=activation)
+            net = mlp(dim // 2, dim, width=width, depth=depth, activation=activation)
             change = "second" if i % 2 == 0 else "first"
             layers.append(AffineVectorCoupling(dim, net, partition=partition, change=change, scale=scale))
         super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape)

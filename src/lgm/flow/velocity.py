@@ -45,16 +45,16 @@ class VelocityMLP(nn.Module):
     """``v(x, t)`` for vectors ``x [B, dim]``: an MLP of ``depth`` hidden SiLU layers on ``[x, embedding]``."""
 
     def __init__(
-        self, dim: int, hidden: int = 128, depth: int = 3, embed: int = 32, n_classes: int | None = None
+        self, dim: int, width: int = 128, depth: int = 3, embedding_width: int = 32, n_classes: int | None = None
     ) -> None:
         super().__init__()
-        self.conditioning = Conditioning(embed, n_classes)
+        self.conditioning = Conditioning(embedding_width, n_classes)
         layers: list[nn.Module] = []
-        width = dim + embed
+        features = dim + embedding_width
         for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        layers.append(_zero(nn.Linear(width, dim)))
+            layers += [nn.Linear(features, width), nn.SiLU()]
+            features = width
+        layers.append(_zero(nn.Linear(features, dim)))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -62,12 +62,12 @@ class VelocityMLP(nn.Module):
 
 
 class ConditionedResidualBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, with the conditioning added in between and a 1x1 skip if widths differ."""
+    """GroupNorm-SiLU-conv twice, with the conditioning added in between and a 1x1 skip if the channels differ."""
 
-    def __init__(self, c_in: int, c_out: int, embed: int) -> None:
+    def __init__(self, c_in: int, c_out: int, embedding_width: int) -> None:
         super().__init__()
         self.norm1, self.conv1 = nn.GroupNorm(min(8, c_in), c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.condition = nn.Linear(embed, c_out)
+        self.condition = nn.Linear(embedding_width, c_out)
         self.norm2, self.conv2 = nn.GroupNorm(min(8, c_out), c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
@@ -81,35 +81,41 @@ class ConditionedResidualBlock(nn.Module):
 class VelocityUNet(nn.Module):
     """``v(x, t)`` for images ``x [B, C, H, W]``: a U-Net with one residual block per resolution.
 
-    ``widths`` gives the channels at each resolution, finest first; each further entry halves the
-    resolution (H and W must be divisible by ``2 ** (len(widths) - 1)``). The default (32, 64, 64)
+    ``level_widths`` gives the channels at each resolution, finest first; each further entry halves the
+    resolution (H and W must be divisible by ``2 ** (len(level_widths) - 1)``). The default (32, 64, 64)
     on 28x28 images has 0.6M parameters.
     """
 
     def __init__(
-        self, channels: int, widths: tuple[int, ...] = (32, 64, 64), embed: int = 64, n_classes: int | None = None
+        self,
+        channels: int,
+        level_widths: tuple[int, ...] = (32, 64, 64),
+        embedding_width: int = 64,
+        n_classes: int | None = None,
     ) -> None:
         super().__init__()
-        self.conditioning = Conditioning(embed, n_classes)
-        self.factor = 2 ** (len(widths) - 1)
-        self.stem = nn.Conv2d(channels, widths[0], 3, padding=1)
+        self.conditioning = Conditioning(embedding_width, n_classes)
+        self.factor = 2 ** (len(level_widths) - 1)
+        finest, coarsest = level_widths[0], level_widths[-1]
+        self.stem = nn.Conv2d(channels, finest, 3, padding=1)
         self.down = nn.ModuleList(
-            ConditionedResidualBlock(a, b, embed) for a, b in zip((widths[0], *widths[:-1]), widths)
+            ConditionedResidualBlock(c_in, c_out, embedding_width)
+            for c_in, c_out in zip((finest, *level_widths[:-1]), level_widths)
         )
-        self.middle = ConditionedResidualBlock(widths[-1], widths[-1], embed)
+        self.middle = ConditionedResidualBlock(coarsest, coarsest, embedding_width)
         self.up = nn.ModuleList(
-            ConditionedResidualBlock(2 * w, w_out, embed)
-            for w, w_out in zip(reversed(widths), (*reversed(widths[:-1]), widths[0]))
+            ConditionedResidualBlock(2 * c_in, c_out, embedding_width)
+            for c_in, c_out in zip(reversed(level_widths), (*reversed(level_widths[:-1]), finest))
         )
         self.head = nn.Sequential(
-            nn.GroupNorm(min(8, widths[0]), widths[0]), nn.SiLU(), _zero(nn.Conv2d(widths[0], channels, 3, padding=1))
+            nn.GroupNorm(min(8, finest), finest), nn.SiLU(), _zero(nn.Conv2d(finest, channels, 3, padding=1))
         )
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
             raise ValueError(
                 f"the U-Net halves the resolution {self.factor // 2 or 1} time(s): image sides must be "
-                f"divisible by {self.factor}, got {list(x.shape[-2:])}; use fewer widths or pad_to"
+                f"divisible by {self.factor}, got {list(x.shape[-2:])}; use fewer level_widths or pad_to"
             )
         e = self.conditioning(t, labels)
         h = self.stem(x)
