@@ -22,7 +22,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from torch import Tensor, nn
 
 from lgm.flow import Glow, NiceFlow, Preprocessing
 from lgm.train.optim import make_optimizer
+from lgm.utils.hardware import CPU_FLAGS, cpu_flags, cpu_model
 
 
 def import_normflows():
@@ -74,6 +74,7 @@ CONFIGS = {
     c.name: c
     for c in (
         Config("glow-fashion", "glow", (1, 28, 28), length=8, width=64, batch=64, levels=2),
+        Config("glow-32", "glow", (1, 32, 32), length=8, width=128, batch=64, levels=3),
         Config("glow-cifar", "glow", (3, 32, 32), length=8, width=128, batch=32, levels=3),
         Config("nice-mnist", "nice", (1, 28, 28), length=4, width=1000, batch=128, depth=5),
     )
@@ -325,14 +326,14 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def machine_line(threads: int, with_normflows: bool = True) -> str:
-    """One line saying where and with what the numbers were measured."""
+    """One line saying where and with what the numbers were measured: date, versions, threads, CPU model and flags."""
     versions = f"torch {torch.__version__}" + (
         f", normflows {import_normflows().__version__}" if with_normflows else ""
     )
+    flags = " ".join(cpu_flags()) or "none of " + " ".join(CPU_FLAGS)
     return (
         f"{time.strftime('%Y-%m-%d')}, {versions}, "
-        f"{threads} thread(s) on {len(os.sched_getaffinity(0))} CPU core(s) "
-        f"({platform.processor() or platform.machine()})"
+        f"{threads} thread(s) on {len(os.sched_getaffinity(0))} CPU core(s) ({cpu_model()}; flags: {flags})"
     )
 
 

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from lgm.flow.base import data_initialization
+
 TESTS = Path(__file__).parent
 
 # The real MNIST/FashionMNIST files, where a checkout has them (see the README).
@@ -19,6 +21,13 @@ SHARED_DATA = Path(os.environ.get("LGM_DATA_DIR") or TESTS.resolve().parents[1] 
 needs_shared_data = pytest.mark.skipif(
     not (SHARED_DATA / "mnist.npz").is_file(), reason="the shared MNIST/FashionMNIST .npz files are not present"
 )
+
+
+def initialized_net(module, shape):
+    """Run one forward in data-initialisation mode so the actnorms inside coupling networks initialise."""
+    with data_initialization(module):
+        module(torch.rand(16, *shape, generator=torch.Generator().manual_seed(8)))
+    return module.eval()
 
 
 def randomise(module: torch.nn.Module, seed: int = 0, std: float = 0.5) -> torch.nn.Module:

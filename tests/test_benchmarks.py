@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+from pathlib import Path
 
-from benchmarks import toy_training_step
+import pytest
+from helpers import SHARED_DATA, needs_shared_data
+
+from benchmarks import precision, toy_training_step
+from lgm.utils.hardware import cpu_model
 
 
 def test_toy_training_step_times_every_banana_recipe(monkeypatch, capsys):
@@ -15,3 +22,25 @@ def test_toy_training_step_times_every_banana_recipe(monkeypatch, capsys):
     for row in rows:
         ms = float(row.split("|")[4])
         assert 0 < ms < 10_000
+
+
+def test_the_precision_benchmark_prints_both_precisions_and_the_machine(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["precision", "--repeats", "1", "--threads", "1", "--models", "glow-fashion"])
+    precision.main()
+    out = capsys.readouterr().out
+    assert cpu_model() in out and "bf16 matrix units" in out
+    (row,) = [line for line in out.splitlines() if line.startswith("| Glow")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert all(float(v) > 0 for v in (cells[2], cells[3], cells[5], cells[6]))
+
+
+@pytest.mark.slow
+@needs_shared_data
+def test_the_gpu_check_runs_on_the_cpu_at_tiny_sizes(tmp_path):
+    """benchmarks/gpu.sh, GPU_CHECK_SMOKE=1: every step of the GPU check, so it is known to run when a GPU is lent."""
+    env = {**os.environ, "GPU_CHECK_SMOKE": "1", "LGM_DATA_DIR": str(SHARED_DATA), "OMP_NUM_THREADS": "1"}
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu.sh"
+    subprocess.run(["bash", str(script), str(tmp_path)], env=env, check=True, capture_output=True, timeout=600)
+    assert "| Glow 1x28x28" in (tmp_path / "precision.md").read_text()
+    assert "test/bpd" in (tmp_path / "test.txt").read_text()
+    assert cpu_model() in (tmp_path / "machine.txt").read_text()

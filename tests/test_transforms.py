@@ -6,7 +6,7 @@ from functools import partial
 
 import pytest
 import torch
-from helpers import randomise
+from helpers import initialized_net, randomise
 
 from lgm.flow import (
     SCALE_MAPS,
@@ -56,13 +56,6 @@ def image_coupling(channels, mask, parity, scale="sigmoid", affine=True, net="gl
     builder = partial(glow_net, width=8) if net == "glow" else partial(resnet, width=8, depth=1)
     layer = ImageCoupling(channels, builder, mask=mask, parity=parity, scale=scale, affine=affine)
     return initialized_net(layer, (channels, 4, 4))
-
-
-def initialized_net(module, shape):
-    """Run one forward in data-initialisation mode so the actnorms inside coupling networks initialise."""
-    with data_initialization(module):
-        module(torch.rand(16, *shape, generator=torch.Generator().manual_seed(8)))
-    return module.eval()
 
 
 def coupling(partition: str, change: str) -> AdditiveVectorCoupling:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from lgm.cli.options import add_network_precision_option
 from lgm.evaluate.features import SPLITS
 from lgm.evaluate.report import BASELINES, METRICS, EvalSettings, evaluate
 from lgm.flow.ode import SOLVERS
@@ -102,6 +103,7 @@ def evaluate_main(argv: list[str]) -> dict:
     parser.add_argument(
         "--likelihood-steps", type=int, help="ODE solver steps of bits/dim, for continuous flows (default: the model's)"
     )
+    add_network_precision_option(parser)
     parser.add_argument("--no-figures", action="store_true", help="metrics only")
     parser.add_argument(
         "--out", default="report.json", help="JSON report; figures are written beside it (default report.json)"
@@ -138,6 +140,7 @@ def evaluate_main(argv: list[str]) -> dict:
         steps=args.steps,
         likelihood_solver=args.likelihood_solver,
         likelihood_steps=args.likelihood_steps,
+        network_precision=args.network_precision,
     )
     try:
         report = evaluate(args.out, settings, ckpt=args.ckpt, baseline=args.baseline, draw=draw_report_figures)

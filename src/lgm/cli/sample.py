@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from lgm.cli.options import add_network_precision_option
 from lgm.flow.discrete import quantize
 from lgm.flow.io import load
 from lgm.flow.ode import SOLVERS
@@ -33,6 +34,7 @@ def sample_main(argv: list[str]) -> Path:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--solver", choices=SOLVERS, help="ODE solver, for continuous flows (default: the model's)")
     parser.add_argument("--steps", type=int, help="ODE solver steps, for continuous flows (default: the model's)")
+    add_network_precision_option(parser)
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error(f"--n must be at least 1, got {args.n}")
@@ -61,6 +63,7 @@ def sample_main(argv: list[str]) -> Path:
             flow.use_solver(args.solver, args.steps)
         except (ValueError, ModuleNotFoundError) as e:
             parser.error(str(e))
+    flow.use_network_precision(args.network_precision)
     torch.manual_seed(args.seed)
     try:
         with torch.no_grad():

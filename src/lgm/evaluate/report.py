@@ -39,6 +39,7 @@ from lgm.flow.base import Flow
 from lgm.flow.discrete import dequantize_images
 from lgm.flow.io import flow_spec, load
 from lgm.utils.files import atomic_write_text
+from lgm.utils.hardware import machine_summary
 
 METRICS = ("bpd", *QUALITY_METRICS, *(f"inception_{m}" for m in ("fid", "kid", "pr")))
 BASELINES = ("test", "noisy_test", "gaussian")
@@ -64,6 +65,7 @@ class EvalSettings:
     steps: int | None = None
     likelihood_solver: str | None = None
     likelihood_steps: int | None = None
+    network_precision: str = "32"
     select_temperatures: tuple[float, ...] = ()
     select_n: int = 1_000
     select_protocol: str = "inception"
@@ -135,6 +137,8 @@ def evaluate(
                 f"{list(arrays.x_test.shape[1:])}"
             )
         _use_solver(flow, settings)
+        flow.use_network_precision(settings.network_precision)
+        report["machine"] = machine_summary()
         report["model"] = {
             "checkpoint": str(ckpt),
             "sha256": hashlib.sha256(Path(ckpt).read_bytes()).hexdigest(),

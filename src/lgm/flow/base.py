@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from lgm.flow.discrete import check_images, dequantize, reduce_bits
 from lgm.flow.latent import Capabilities, Latent
+from lgm.flow.precision import NETWORK_DTYPES, resolve_precision
 
 
 class Transform(nn.Module):
@@ -187,6 +188,7 @@ class Flow(nn.Module):
         self.prior = prior
         self.shape = tuple(shape)
         self.n_bits = n_bits
+        self.network_precision = "32"  # see use_network_precision
 
     def check_input(self, x: Tensor) -> None:
         """Raise a `ValueError` naming the problem if ``x`` is not a finite ``[B, *shape]`` batch."""
@@ -367,6 +369,18 @@ class Flow(nn.Module):
             transform.checkpoint_net = gradient_checkpointing
             if compile:
                 transform.net.compile()
+
+    def use_network_precision(self, precision: str) -> None:
+        """Run the networks in ``precision``: ``"32"``, ``"bf16-mixed"`` (networks under bf16 autocast,
+        the flow's maps, log-dets and prior in float32) or ``"auto"`` (bf16-mixed where the flow's device
+        has bf16 matrix units); see `lgm.flow.precision`. A switch of the run: it is not saved."""
+        self.network_precision = resolve_precision(precision, self._device())
+        for transform in self._network_transforms():
+            transform.network_dtype = NETWORK_DTYPES[self.network_precision]
+
+    def _device(self) -> torch.device:
+        parameter = next(self.parameters(), None)
+        return parameter.device if parameter is not None else torch.device("cpu")
 
     # -- hooks of some families; here, what a family without the feature does ----------------------
 

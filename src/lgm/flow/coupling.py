@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from lgm.flow.base import Transform
+from lgm.flow.precision import run_network
 from lgm.flow.scales import get_scale_map
 
 PARTITIONS = ("even_odd", "halves")
@@ -44,24 +45,27 @@ MASKS = ("channel", "checkerboard")
 
 
 class NetworkCoupling(Transform):
-    """A coupling whose network is run through `run_net`: in the input's dtype (a network under
-    bf16 autocast returns bf16; the coupling's arithmetic and log-det stay in the data's dtype),
-    and with its activations recomputed in the backward pass when ``checkpoint_net`` is on.
+    """A coupling whose network is run through `run_net`: in the precision the run chose for its
+    networks (``network_dtype``, see `lgm.flow.precision`), its output returned in the input's dtype so
+    that the coupling's arithmetic and log-det stay in the data's dtype, and with its activations
+    recomputed in the backward pass when ``checkpoint_net`` is on.
 
     ``checkpoint_net`` (default off) trades compute for memory in deep models: only the network's
-    input is stored, its intermediate activations are recomputed during backward. It changes
-    neither results nor saved weights, so it is a switch of the training run, not of the model.
+    input is stored, its intermediate activations are recomputed during backward. Neither switch
+    changes the saved weights, so both belong to the run, not to the model (`lgm.flow.Flow.configure_networks`,
+    `lgm.flow.Flow.use_network_precision`).
     """
 
     net: nn.Module
     checkpoint_net: bool = False
+    network_dtype: torch.dtype | None = None
 
     def run_net(self, kept: Tensor) -> Tensor:
         if self.checkpoint_net and torch.is_grad_enabled():
-            out = torch.utils.checkpoint.checkpoint(self.net, kept, use_reentrant=False)
-        else:
-            out = self.net(kept)
-        return out.to(kept.dtype)
+            return torch.utils.checkpoint.checkpoint(
+                run_network, self.net, self.network_dtype, kept, use_reentrant=False
+            )
+        return run_network(self.net, self.network_dtype, kept)
 
 
 class VectorCoupling(NetworkCoupling):

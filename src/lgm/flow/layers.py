@@ -6,6 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from lgm.flow.base import DataInitialized, Transform
+from lgm.flow.precision import full_precision
 from lgm.flow.scales import get_scale_map
 
 
@@ -173,11 +174,11 @@ class InvConv1x1(Transform):
         return self.log_s.sum() if self.lu else torch.linalg.slogdet(self.weight).logabsdet
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        with _full_precision(x):
+        with full_precision(x):
             return _mix_channels(self.matrix(), x), (x[0, 0].numel() * self.log_abs_det()).expand(x.shape[0])
 
     def inverse(self, z: Tensor) -> Tensor:
-        with _full_precision(z):
+        with full_precision(z):
             return _mix_channels(self._inverse.get(self, lambda: torch.linalg.inv(self.matrix())), z)
 
 
@@ -186,12 +187,6 @@ def _mix_channels(w: Tensor, x: Tensor) -> Tensor:
     product ``[C, C] @ [B, C, H*W]`` (on the CPU about twice as fast as the equivalent einsum or
     a 1x1 ``conv2d`` for Glow's few channels)."""
     return torch.matmul(w, x.reshape(x.shape[0], x.shape[1], -1)).reshape(x.shape)
-
-
-def _full_precision(x: Tensor) -> torch.autocast:
-    """Autocast off: the flow's own maps stay in the data's dtype under mixed precision (only the
-    coupling networks run in bf16), so that inverses and log-dets keep full precision."""
-    return torch.autocast(x.device.type, enabled=False)
 
 
 class ChannelPermutation(Transform):

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lgm.flow.nets import ZeroConv2d
+from lgm.flow.precision import full_precision
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -191,7 +192,8 @@ class SplitPrior(Prior):
         """Mean and log-std ``[B, Cz, H, W]`` given the kept half ``h``."""
         shape = (h.shape[0], self.z_channels, *h.shape[2:])
         if self.conv is not None:
-            mean, log_std = self.conv(h).to(h.dtype).chunk(2, dim=1)  # float32 under bf16 autocast
+            with full_precision(h):
+                mean, log_std = self.conv(h).chunk(2, dim=1)
         else:
             mean, log_std = h.new_zeros(shape), h.new_zeros(shape)
         if self.class_bias is not None:

@@ -14,10 +14,26 @@ from torchmetrics import MeanMetric
 from lgm.flow.base import DataInitialized, Flow
 from lgm.flow.discrete import dequantize_images
 from lgm.flow.io import check_compatible, flow_spec
+from lgm.flow.precision import resolve_precision
 from lgm.train.guard import TrainingDiverged, describe_nonfinite
 from lgm.train.optim import OPTIMIZERS, SCHEDULES, lr_factor, make_optimizer, parameter_groups
+from lgm.utils.hardware import machine_summary
 
 Batch = Tensor | tuple[Tensor, Tensor]
+
+
+# Trainer precisions that act on the whole model (autocast, or half-precision weights).
+WHOLE_MODEL_PRECISIONS = ("16-mixed", "bf16-mixed", "16-true", "bf16-true", "16", "bf16")
+
+
+def check_trainer_precision(precision: str) -> None:
+    """Refuse a trainer precision for the whole model, naming the flow's own switch."""
+    if precision in WHOLE_MODEL_PRECISIONS:
+        raise ValueError(
+            f"trainer precision {precision!r} is not for flows: a flow keeps its own maps, log-determinants and "
+            "priors in float32 and runs its networks at --model.network_precision; keep the trainer at 32 and "
+            "use --model.network_precision bf16-mixed (or auto)"
+        )
 
 
 class FlowModule(L.LightningModule):
@@ -70,6 +86,11 @@ class FlowModule(L.LightningModule):
         gradient_checkpointing: recompute the coupling networks' activations in the backward pass
             instead of storing them (less memory for deep Glows, about a third more compute).
         compile: compile the coupling networks with ``torch.compile`` (slow first steps, faster after).
+        network_precision: ``"32"``, ``"bf16-mixed"`` (the networks in bfloat16, the flow's maps,
+            log-dets, priors and losses in float32; see `lgm.flow.precision`) or ``"auto"`` (bf16-mixed
+            where the device has bf16 matrix units), in place of the trainer's ``precision`` (refused: it
+            acts on the whole model). The precision used and the machine (CPU model and flags) are
+            logged with the run's hyperparameters.
     """
 
     def __init__(
@@ -91,6 +112,7 @@ class FlowModule(L.LightningModule):
         init_samples: int = 1024,
         gradient_checkpointing: bool = False,
         compile: bool = False,
+        network_precision: str = "32",
     ) -> None:
         super().__init__()
         flow_spec(flow)  # fail now, not at the first checkpoint, if the flow cannot be saved
@@ -100,6 +122,7 @@ class FlowModule(L.LightningModule):
             raise ValueError(f"unknown schedule {schedule!r}; choose one of {list(SCHEDULES)}")
         if warmup_steps and warmup_epochs:
             raise ValueError("give warmup_steps or warmup_epochs, not both")
+        resolve_precision(network_precision)  # refuse an unknown name now, not at the first step
         if lr <= 0 or not 0 <= min_lr <= lr:
             raise ValueError(
                 f"need lr > 0 and 0 <= min_lr <= lr, got lr={lr}, min_lr={min_lr}; e.g. lr=1e-3 (--model.lr 1e-3)"
@@ -127,6 +150,7 @@ class FlowModule(L.LightningModule):
         self.max_bad_steps, self.seed = max_bad_steps, seed
         self.dequant_samples, self.init_samples = dequant_samples, init_samples
         self.gradient_checkpointing, self.compile_nets = gradient_checkpointing, compile
+        self.network_precision = network_precision
         self.val_mean, self.test_mean = MeanMetric(), MeanMetric()
         self.bad_in_a_row = self.skipped_steps = 0
         self._last_loss: Tensor | None = None
@@ -298,6 +322,15 @@ class FlowModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         self.check_data(self._trainer.datamodule if self._trainer is not None else None)
         self.flow.configure_networks(self.gradient_checkpointing, self.compile_nets)
+        if self._trainer is None:
+            self.flow.use_network_precision(self.network_precision)
+            return
+        check_trainer_precision(str(self._trainer.precision))
+        device = self._trainer.strategy.root_device
+        precision = resolve_precision(self.network_precision, device)
+        self.flow.use_network_precision(precision)
+        for logger in self._trainer.loggers:
+            logger.log_hyperparams({"network_precision": precision, "machine": machine_summary(device)})
 
     def check_data(self, data: L.LightningDataModule | None) -> None:
         """Raise a `ValueError` naming the fix if ``data`` (when it tells its shape and classes) does
