@@ -55,7 +55,7 @@ def main() -> None:
         for name, m in models.items()
     ]
     print(
-        f"Sampling {args.n} images at T = {args.temperature}, {machine_line(args.threads, with_normflows=False)}; "
+        f"Sampling {args.n} images at T = {args.temperature}, {machine_line(with_normflows=False)}; "
         f"median of {args.repeats} calls\n"
     )
     print(markdown_table(["model", "class", "parameters", "images/s", "relative to the fastest"], rows))

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from torch import Tensor, nn
 
 from lgm.flow import Glow, NiceFlow, Preprocessing
 from lgm.train.optim import make_optimizer
-from lgm.utils.hardware import CPU_FLAGS, cpu_flags, cpu_model
+from lgm.utils.hardware import machine_line as hardware_line
 
 
 def import_normflows():
@@ -325,16 +324,11 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def machine_line(threads: int, with_normflows: bool = True) -> str:
-    """One line saying where and with what the numbers were measured: date, versions, threads, CPU model and flags."""
-    versions = f"torch {torch.__version__}" + (
-        f", normflows {import_normflows().__version__}" if with_normflows else ""
-    )
-    flags = " ".join(cpu_flags()) or "none of " + " ".join(CPU_FLAGS)
-    return (
-        f"{time.strftime('%Y-%m-%d')}, {versions}, "
-        f"{threads} thread(s) on {len(os.sched_getaffinity(0))} CPU core(s) ({cpu_model()}; flags: {flags})"
-    )
+def machine_line(with_normflows: bool = True) -> str:
+    """One line saying where and with what the numbers were measured: date, CPU model and flags, threads
+    (as `start` set them), torch and normflows versions."""
+    normflows = f", normflows {import_normflows().__version__}" if with_normflows else ""
+    return f"{time.strftime('%Y-%m-%d')}, {hardware_line()}{normflows}"
 
 
 def parser(description: str, repeats: int) -> argparse.ArgumentParser:

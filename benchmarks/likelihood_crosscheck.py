@@ -173,7 +173,7 @@ def main() -> None:
                 compare(config, variant, dtype, args.n) for dtype in (torch.float64, torch.float32)
             )
             rows.append([config.describe(), variant, f"{mean:.2f}", f"{diff64:.1e}", f"{diff32:.1e}"])
-    print(f"log p(y) of lgm and normflows on the same weights and images ({args.n}), {machine_line(args.threads)}\n")
+    print(f"log p(y) of lgm and normflows on the same weights and images ({args.n}), {machine_line()}\n")
     print(
         markdown_table(
             ["model", "coupling", "lgm mean log p (nats)", "max rel. diff float64", "max rel. diff float32"], rows

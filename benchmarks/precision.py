@@ -94,7 +94,7 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
     units = "has" if has_bf16_units(device) else "has no"
     print(
-        f"Network precision on {where}, {machine_line(args.threads, with_normflows=False)}; {where} {units} bf16 "
+        f"Network precision on {where}, {machine_line(with_normflows=False)}; {where} {units} bf16 "
         f"matrix units. Training: median of {args.repeats} x 2 steps (Adam); sampling: {args.n} images at "
         f"T = {TEMPERATURE}, median of {args.repeats} calls\n"
     )

@@ -77,7 +77,7 @@ def main() -> None:
         for dtype in dtypes
     )
     print(
-        f"Training step against the roof, {machine_line(args.threads)}; {roof_text} (NICE is compared with the "
+        f"Training step against the roof, {machine_line()}; {roof_text} (NICE is compared with the "
         "matmul, Glow with the conv)\n"
     )
     header = ["model", "library", "GFLOP per step", "ms per step", "achieved GFLOP/s"]

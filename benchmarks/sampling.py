@@ -30,10 +30,7 @@ def main() -> None:
         rates = interleaved_rates(calls, args.n, args.repeats, warmup=1, inner=2)
         lgm, nf = (s.library for s in pair)
         rows.append([config.describe(), f"{rates[lgm]:.0f}", f"{rates[nf]:.0f}", ratio(rates[lgm], rates[nf])])
-    print(
-        f"Sampling {args.n} images at T = {TEMPERATURE}, {machine_line(args.threads)}; median of "
-        f"{args.repeats} x 2 calls\n"
-    )
+    print(f"Sampling {args.n} images at T = {TEMPERATURE}, {machine_line()}; median of {args.repeats} x 2 calls\n")
     print(markdown_table(["model", "lgm img/s", "normflows img/s", "speed ratio"], rows))
 
 

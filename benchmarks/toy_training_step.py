@@ -77,7 +77,7 @@ def main() -> None:
         for r, (flow, _) in built.items()
     ]
     print(
-        f"Banana training step (objective + backward + Adam), {machine_line(args.threads, with_normflows=False)}; "
+        f"Banana training step (objective + backward + Adam), {machine_line(with_normflows=False)}; "
         f"median of {args.repeats} x {args.steps} steps, in turns\n"
     )
     print(markdown_table(["recipe", "model", "parameters", "ms per step", f"relative to {args.recipes[0]}"], rows))

@@ -64,7 +64,7 @@ def main() -> None:
         else "lgm: fused Adam, as its training module builds it; normflows: torch.optim.Adam"
     )
     print(
-        f"Training step (forward + backward + Adam; {optimiser}), {machine_line(args.threads)}; median of "
+        f"Training step (forward + backward + Adam; {optimiser}), {machine_line()}; median of "
         f"{args.repeats} x {args.steps} steps\n"
     )
     print(

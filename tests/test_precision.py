@@ -103,10 +103,15 @@ def test_bf16_networks_change_bits_per_dim_by_their_rounding_only():
     assert torch.equal(flow.bits_per_dim(x), full)
 
 
-def test_flow_matching_runs_its_velocity_in_bf16_and_its_ode_and_loss_in_float32():
+def small_image_flow_matching() -> FlowMatching:
     torch.manual_seed(0)
     model = FlowMatching((1, 4, 4), preprocessing=Preprocessing(), level_widths=(8, 8), embedding_width=8, steps=4)
-    randomise(model.velocity, seed=1, std=0.2)
+    randomise(model.velocity, seed=1, std=0.2)  # an untrained field is v = 0 whatever the precision
+    return model
+
+
+def test_flow_matching_runs_its_velocity_in_bf16_and_its_ode_and_loss_in_float32():
+    model = small_image_flow_matching()
     model.use_network_precision("bf16-mixed")
     seen = set()
     hook = model.velocity.register_forward_hook(lambda m, i, out: seen.add(out.dtype))
@@ -187,9 +192,7 @@ def test_network_dtype_none_switches_off_an_enclosing_autocast():
 
 def test_flow_matching_keeps_the_adaptive_solver_in_float32():
     """bf16 rounding would look like error to dopri5's step control; fixed-step solvers take bf16."""
-    torch.manual_seed(0)
-    model = FlowMatching((1, 4, 4), preprocessing=Preprocessing(), level_widths=(8, 8), embedding_width=8, steps=4)
-    randomise(model.velocity, seed=1, std=0.2)
+    model = small_image_flow_matching()
     x = (torch.rand(4, 1, 4, 4) * 255).round().to(torch.uint8)
     torch.manual_seed(1)
     full = model.bits_per_dim(x)

@@ -19,6 +19,7 @@ from lgm.cli import main
 from lgm.data import ToyDataModule, toy
 from lgm.flow import Glow, NiceFlow, Preprocessing, load, save
 from lgm.train import FlowModule
+from lgm.train.module import check_trainer_precision
 
 
 @pytest.mark.slow
@@ -268,7 +269,9 @@ def test_every_recipe_parses_and_builds_its_model(config, capsys):
         main(["fit", "--config", str(path), "--print_config"])
     assert exit_info.value.code == 0
     assert "class_path: lgm.flow" in capsys.readouterr().out
-    spec = yaml.safe_load(path.read_text())["model"]["flow"]
+    recipe = yaml.safe_load(path.read_text())
+    check_trainer_precision(str(recipe.get("trainer", {}).get("precision", "32-true")))
+    spec = recipe["model"]["flow"]
     module_name, _, class_name = spec["class_path"].rpartition(".")
     flow = getattr(importlib.import_module(module_name), class_name)(**spec["init_args"])
     assert sum(p.numel() for p in flow.parameters()) > 0

@@ -23,7 +23,7 @@ Batch = Tensor | tuple[Tensor, Tensor]
 
 
 # Trainer precisions that act on the whole model (autocast, or half-precision weights).
-WHOLE_MODEL_PRECISIONS = ("16-mixed", "bf16-mixed", "16-true", "bf16-true", "16", "bf16")
+WHOLE_MODEL_PRECISIONS = ("16-mixed", "bf16-mixed", "16-true", "bf16-true")  # as Trainer.precision names them
 
 
 def check_trainer_precision(precision: str) -> None:
