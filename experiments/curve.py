@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from lgm.cli.options import add_network_precision_option
+from lgm.cli.options import add_inception_runtime_option, add_network_precision_option
 from lgm.evaluate.report import EvalSettings, evaluate
 from lgm.flow.ode import SOLVERS
 
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--likelihood-steps", type=int, help="ODE solver steps of bits/dim, for continuous flows")
     add_network_precision_option(p)
+    add_inception_runtime_option(p)
     p.add_argument("--data-dir", help="folder with the data (default $LGM_DATA_DIR)")
     args = p.parse_args(argv)
     missing = [str(r) for r in args.runs if not snapshots(r)]
@@ -148,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
         likelihood_solver=args.likelihood_solver,
         likelihood_steps=args.likelihood_steps,
         network_precision=args.network_precision,
+        inception_runtime=args.inception_runtime,
         select_temperatures=TEMPERATURES,
         select_n=args.select_n,
         select_protocol=args.select_protocol,

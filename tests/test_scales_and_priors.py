@@ -30,6 +30,12 @@ def test_log_scale_is_log_of_the_scale(name):
 
 
 @pytest.mark.parametrize("name", sorted(SCALE_MAPS))
+def test_reciprocal_scale_is_one_over_the_scale(name):
+    h = torch.linspace(-8, 8, 101, dtype=torch.float64)
+    torch.testing.assert_close(get_scale_map(name).reciprocal_scale(h), 1 / DIRECT[name](h))
+
+
+@pytest.mark.parametrize("name", sorted(SCALE_MAPS))
 def test_log_scale_stays_finite_for_extreme_inputs(name):
     h = torch.tensor([-200.0, -50.0, 50.0])
     assert torch.isfinite(get_scale_map(name).log_scale(h)).all()

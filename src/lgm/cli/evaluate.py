@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from lgm.cli.options import add_network_precision_option
+from lgm.cli.options import add_denoise_options, add_inception_runtime_option, add_network_precision_option
 from lgm.evaluate.features import SPLITS
 from lgm.evaluate.report import BASELINES, METRICS, EvalSettings, evaluate
 from lgm.flow.ode import SOLVERS
@@ -104,6 +104,8 @@ def evaluate_main(argv: list[str]) -> dict:
         "--likelihood-steps", type=int, help="ODE solver steps of bits/dim, for continuous flows (default: the model's)"
     )
     add_network_precision_option(parser)
+    add_inception_runtime_option(parser)
+    add_denoise_options(parser)
     parser.add_argument("--no-figures", action="store_true", help="metrics only")
     parser.add_argument(
         "--out", default="report.json", help="JSON report; figures are written beside it (default report.json)"
@@ -141,6 +143,9 @@ def evaluate_main(argv: list[str]) -> dict:
         likelihood_solver=args.likelihood_solver,
         likelihood_steps=args.likelihood_steps,
         network_precision=args.network_precision,
+        inception_runtime=args.inception_runtime,
+        denoise=args.denoise,
+        denoise_step=args.denoise_step,
     )
     try:
         report = evaluate(args.out, settings, ckpt=args.ckpt, baseline=args.baseline, draw=draw_report_figures)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lgm.cli.options import add_network_precision_option
+from lgm.cli.options import add_denoise_options, add_network_precision_option
 from lgm.flow.discrete import quantize
 from lgm.flow.io import load
 from lgm.flow.ode import SOLVERS
@@ -35,6 +35,7 @@ def sample_main(argv: list[str]) -> Path:
     parser.add_argument("--solver", choices=SOLVERS, help="ODE solver, for continuous flows (default: the model's)")
     parser.add_argument("--steps", type=int, help="ODE solver steps, for continuous flows (default: the model's)")
     add_network_precision_option(parser)
+    add_denoise_options(parser)
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error(f"--n must be at least 1, got {args.n}")
@@ -67,7 +68,9 @@ def sample_main(argv: list[str]) -> Path:
     torch.manual_seed(args.seed)
     try:
         with torch.no_grad():
-            x = flow.sample(args.n, temperature=args.temperature, labels=labels).cpu()
+            x = flow.sample(
+                args.n, args.temperature, labels, denoise=args.denoise, denoise_step=args.denoise_step
+            ).cpu()
     except ValueError as e:
         parser.error(str(e))
     if flow.n_bits is not None:

@@ -65,13 +65,20 @@ def occlude(x: Tensor, fraction: float, generator: torch.Generator) -> Tensor:
 
 @torch.no_grad()
 def mean_bits_per_dim(
-    flow: Flow, x: Tensor, labels: Tensor | None = None, batch_size: int = 500, desc: str | None = None
+    flow: Flow,
+    x: Tensor,
+    labels: Tensor | None = None,
+    desc: str | None = None,
+    noisy: bool = False,
+    batch_size: int = 500,
 ) -> tuple[float, float]:
-    """Mean bits/dim of uint8 images ``x`` and its standard error over images."""
+    """Mean bits/dim of uint8 images ``x`` and its standard error over images (with ``noisy``, the
+    `lgm.flow.Flow.noisy_bits_per_dim` of a flow trained with noise instead)."""
+    measure = flow.noisy_bits_per_dim if noisy else flow.bits_per_dim
     values = []
     for i in tqdm(range(0, len(x), batch_size), desc=desc, disable=desc is None, leave=False):
         batch_labels = None if labels is None else labels[i : i + batch_size]
-        values.append(flow.bits_per_dim(x[i : i + batch_size], batch_labels).double())
+        values.append(measure(x[i : i + batch_size], batch_labels).double())
     v = torch.cat(values)
     return v.mean().item(), (v.std() / math.sqrt(len(v))).item() if len(v) > 1 else float("nan")
 

@@ -20,8 +20,17 @@ QUALITY_METRICS = ("fid", "kid", "is", "pr")
 
 
 @torch.no_grad()
-def generate(flow: Flow, n: int, temperature: float, seed: int = 0, batch_size: int = 500) -> Tensor:
-    """``n`` samples of an image flow as uint8 images ``[n, C, H, W]`` (class-conditional: classes in turn)."""
+def generate(
+    flow: Flow,
+    n: int,
+    temperature: float,
+    seed: int = 0,
+    batch_size: int = 500,
+    denoise: bool | None = None,
+    denoise_step: float = 1.0,
+) -> Tensor:
+    """``n`` samples of an image flow as uint8 images ``[n, C, H, W]`` (class-conditional: classes in turn);
+    ``denoise`` and ``denoise_step`` as in `lgm.flow.Flow.sample`."""
     if flow.n_bits is None:
         raise ValueError("sample quality needs an image model (built with n_bits); this flow models continuous data")
     torch.manual_seed(seed)
@@ -30,7 +39,8 @@ def generate(flow: Flow, n: int, temperature: float, seed: int = 0, batch_size: 
     for i in tqdm(range(0, n, batch_size), desc=f"sampling (T = {temperature})", leave=False):
         m = min(batch_size, n - i)
         labels = (torch.arange(i, i + m, device=device) % flow.n_classes) if flow.n_classes else None
-        out.append(quantize(flow.sample(m, temperature=temperature, labels=labels).cpu(), flow.n_bits))
+        x = flow.sample(m, temperature, labels, denoise=denoise, denoise_step=denoise_step)
+        out.append(quantize(x.cpu(), flow.n_bits))
     return torch.cat(out)
 
 

@@ -66,6 +66,9 @@ class EvalSettings:
     likelihood_solver: str | None = None
     likelihood_steps: int | None = None
     network_precision: str = "32"
+    inception_runtime: str = "auto"
+    denoise: bool | None = None
+    denoise_step: float = 1.0
     select_temperatures: tuple[float, ...] = ()
     select_n: int = 1_000
     select_protocol: str = "inception"
@@ -96,7 +99,13 @@ def _protocol_metrics(settings: EvalSettings, images_for, protocol: Protocol, wa
     reference = reference_features(protocol, settings.data, settings.reference, n, settings.data_dir)
     images, cache_as = images_for(n)
     values = quality_metrics(images, protocol, reference, tuple(wanted), settings.seed, cache_as)
-    return {"protocol": protocol.identity, "n_generated": len(images), "n_reference": len(reference), **values}
+    return {
+        "protocol": protocol.identity,
+        "runtime": protocol.runtime,
+        "n_generated": len(images),
+        "n_reference": len(reference),
+        **values,
+    }
 
 
 def evaluate(
@@ -138,6 +147,7 @@ def evaluate(
             )
         _use_solver(flow, settings)
         flow.use_network_precision(settings.network_precision)
+        settings = replace(settings, denoise=_denoising(flow, settings))
         report["machine"] = machine_summary()
         report["model"] = {
             "checkpoint": str(ckpt),
@@ -158,7 +168,7 @@ def evaluate(
         "inception": [m for m in QUALITY_METRICS if f"inception_{m}" in settings.metrics],
     }
     protocols = {
-        name: get_protocol(name, settings.data, settings.classifier_weights)
+        name: get_protocol(name, settings.data, settings.classifier_weights, settings.inception_runtime)
         for name, wanted in requested.items()
         if wanted
     }
@@ -176,6 +186,10 @@ def evaluate(
     metrics: dict = {}
     if "bpd" in settings.metrics:
         metrics["bpd"] = stages.run("bpd", lambda: _bits_per_dim(flow, arrays, settings, baseline))
+        if flow is not None and flow.noise_std is not None:
+            metrics["noisy_data_bpd"] = stages.run(
+                "noisy_data_bpd", lambda: _noisy_data_bits_per_dim(flow, arrays, settings)
+            )
     for name, protocol in protocols.items():
         n = settings.n_samples if name == "classifier" else settings.inception_n
         metrics[name] = _protocol_metrics(settings, samples_of, protocol, requested[name], n)
@@ -232,11 +246,15 @@ def select_temperature(flow: Flow, settings: EvalSettings) -> dict:
     are scored afterwards) and is compared with ``select_n`` validation images in the
     ``select_protocol``. Returns ``{"split", "protocol", "n", "seed", "fid": {temperature: FID}, "chosen"}``.
     """
-    protocol = get_protocol(settings.select_protocol, settings.data, settings.classifier_weights)
+    protocol = get_protocol(
+        settings.select_protocol, settings.data, settings.classifier_weights, settings.inception_runtime
+    )
     reference = reference_features(protocol, settings.data, "val", settings.select_n, settings.data_dir)
     fids = {}
     for t in settings.select_temperatures:
-        images = generate(flow, settings.select_n, t, settings.seed + 1)
+        images = generate(
+            flow, settings.select_n, t, settings.seed + 1, denoise=settings.denoise, denoise_step=settings.denoise_step
+        )
         fids[t] = quality_metrics(images, protocol, reference, ("fid",))["fid"]
     chosen = min(fids, key=fids.get)
     return {
@@ -247,6 +265,16 @@ def select_temperature(flow: Flow, settings: EvalSettings) -> dict:
         "fid": {str(t): v for t, v in fids.items()},
         "chosen": chosen,
     }
+
+
+def _denoising(flow: Flow, settings: EvalSettings) -> bool:
+    """Whether samples are denoised: ``settings.denoise``, by default for flows trained with noise; refused
+    (before any long computation) for a flow that was not."""
+    if settings.denoise and flow.noise_std is None:
+        raise ValueError(
+            f"--denoise needs a flow trained with Gaussian noise (noise_std); this {type(flow).__name__} was not"
+        )
+    return flow.noise_std is not None if settings.denoise is None else settings.denoise
 
 
 def _use_solver(flow: Flow, settings: EvalSettings) -> None:
@@ -272,7 +300,14 @@ def _flow_images(flow: Flow, settings: EvalSettings, timing: dict):
         if not cache or max(cache) < n:
             cache.clear()
             start = time.perf_counter()
-            cache[n] = generate(flow, max(n, settings.n_samples), settings.temperature, settings.seed)
+            cache[n] = generate(
+                flow,
+                max(n, settings.n_samples),
+                settings.temperature,
+                settings.seed,
+                denoise=settings.denoise,
+                denoise_step=settings.denoise_step,
+            )
             seconds = time.perf_counter() - start
             timing.update(
                 images=len(cache[n]),
@@ -298,6 +333,23 @@ def _baseline_images(baseline: str, settings: EvalSettings, x_train: Tensor):
     return images_for
 
 
+def _noisy_data_bits_per_dim(flow: Flow, arrays, settings: EvalSettings) -> dict:
+    """`lgm.flow.Flow.noisy_bits_per_dim` of the test images, for a flow trained with noise: its own metric."""
+    x, y = arrays.x_test, arrays.y_test
+    if settings.bpd_images:
+        x, y = x[: settings.bpd_images], y[: settings.bpd_images]
+    torch.manual_seed(settings.seed)
+    mean, se = mean_bits_per_dim(flow, x, y if flow.n_classes else None, "noisy-data bits/dim", noisy=True)
+    return {
+        "value": mean,
+        "stderr": se,
+        "images": len(x),
+        "noise_std": flow.noise_std,
+        "meaning": "-log2 p(y) / D + n_bits of the noise-augmented test images y: no bound on the discrete "
+        "images' likelihood (that is bpd)",
+    }
+
+
 def _bits_per_dim(flow: Flow | None, arrays, settings: EvalSettings, baseline: str | None) -> dict | None:
     x, y = arrays.x_test, arrays.y_test
     if settings.bpd_images:
@@ -305,7 +357,8 @@ def _bits_per_dim(flow: Flow | None, arrays, settings: EvalSettings, baseline: s
     if flow is not None:
         torch.manual_seed(settings.seed)
         mean, se = mean_bits_per_dim(flow, x, y if flow.n_classes else None, desc="test bits/dim")
-        result = {"value": mean, "stderr": se, "images": len(x), "bound": "uniform dequantisation, 1 sample"}
+        bound = f"{flow.dequantization} dequantisation, 1 sample"
+        result = {"value": mean, "stderr": se, "images": len(x), "bound": bound}
         result.update(flow.likelihood_info())
         return result
     if baseline == "gaussian":

@@ -8,7 +8,8 @@ Direction convention: ``forward`` maps data -> latent and returns ``(z, log|det 
 from lgm.flow.base import Compose, DataInitialized, Flow, Reshape, Transform
 from lgm.flow.checks import InvertibilityReport, check_invertible, jacobian_logdet
 from lgm.flow.coupling import AdditiveVectorCoupling, AffineVectorCoupling, ImageCoupling
-from lgm.flow.discrete import dequantize, dequantize_images, quantize, reduce_bits
+from lgm.flow.dequantization import VariationalDequantizer
+from lgm.flow.discrete import dequantize, dequantize_images, noisy_images, quantize, reduce_bits
 from lgm.flow.glow import Glow, VectorGlow
 from lgm.flow.io import load, save
 from lgm.flow.latent import Capabilities, Latent
@@ -76,8 +77,10 @@ __all__ = [
     "Transform",
     "VectorGlow",
     "VectorRealNVP",
+    "VariationalDequantizer",
     "check_invertible",
     "dequantize",
+    "noisy_images",
     "dequantize_images",
     "get_scale_map",
     "jacobian_logdet",

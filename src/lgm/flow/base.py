@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lgm.flow.discrete import check_images, dequantize, reduce_bits
+from lgm.flow.discrete import check_images, dequantize, noisy_images, reduce_bits
 from lgm.flow.latent import Capabilities, Latent
 from lgm.flow.precision import NETWORK_DTYPES, resolve_precision
 
@@ -147,7 +147,8 @@ class Flow(nn.Module):
 
     * ``log_prob(x, labels)`` ``[B]`` nats; ``bits_per_dim(x_uint8, labels)`` ``[B]``;
       ``objective(x, labels)`` ``[B]``, the training loss;
-    * ``sample(n, temperature, labels)`` ``[n, *shape]``;
+    * ``sample(n, temperature, labels, denoise)`` ``[n, *shape]``; ``denoise(y, labels)`` for flows
+      trained with noise;
     * ``encode(x, labels) -> Latent``, ``decode(latent, labels) -> x``, ``interpolate``, ``standardize``;
     * ``bijection(x) -> (Latent, logdet)`` for flows with an exact inverse (what `check_invertible` checks);
     * ``initialize(x, labels)``: the data-dependent layers, once;
@@ -163,6 +164,15 @@ class Flow(nn.Module):
         n_bits: ``None`` for continuous data; for images, the bit depth of the discrete data. Then
             ``log_prob`` is the density of dequantised images ``y = (x + u) / 2**n_bits`` in
             ``[0, 1]``, and `bits_per_dim` takes the discrete 8-bit images themselves.
+        noise_std: ``None``, or the standard deviation ``sigma`` of Gaussian noise augmentation: the
+            flow is trained on ``y = x + sigma * eps`` (for images, ``x`` the pixel centres in
+            ``[0, 1]``, see `lgm.flow.discrete.noisy_images`), so it models the noisy density
+            ``p_sigma``; its samples are denoised by default (`denoise`), its training loss is
+            `noisy_bits_per_dim` (images) or the noisy data's negative log-likelihood, and
+            `bits_per_dim` stays the uniform-dequantisation bound on the discrete images.
+        dequantizer: ``None`` (uniform dequantisation), or a module ``(x, n_bits) -> (u, log q(u | x))``
+            drawing each image's dequantisation noise from a learned ``q`` (variational dequantisation,
+            `lgm.flow.dequantization`), trained with the flow through `bits_per_dim`.
 
     Every subclass records the arguments its constructor was called with (defaults filled in) in
     ``self.init_args``, so that `lgm.flow.save` / `lgm.flow.load` can rebuild it, provided they are
@@ -171,7 +181,6 @@ class Flow(nn.Module):
 
     init_args: dict[str, Any]
     n_classes: int | None = None
-    capabilities = Capabilities()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -179,16 +188,44 @@ class Flow(nn.Module):
             cls.__init__ = _recording_init_args(cls, cls.__dict__["__init__"])
 
     def __init__(
-        self, transform: Transform, prior: nn.Module, shape: tuple[int, ...], n_bits: int | None = None
+        self,
+        transform: Transform,
+        prior: nn.Module,
+        shape: tuple[int, ...],
+        n_bits: int | None = None,
+        noise_std: float | None = None,
+        dequantizer: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if n_bits is not None and not 1 <= n_bits <= 8:
             raise ValueError(f"n_bits must be between 1 and 8 (or None for continuous data), got {n_bits}")
+        check_noise_std(noise_std)
+        if dequantizer is not None and (n_bits is None or noise_std is not None):
+            raise ValueError("variational dequantisation needs discrete images (n_bits) without noise augmentation")
         self.transform = transform
         self.prior = prior
         self.shape = tuple(shape)
         self.n_bits = n_bits
+        self.noise_std = noise_std
+        self.dequantizer = dequantizer
         self.network_precision = "32"  # see use_network_precision
+
+    @property
+    def dequantization(self) -> str:
+        """How `bits_per_dim` dequantises: ``"uniform"`` or ``"variational"`` (a learned ``dequantizer``)."""
+        return "uniform" if self.dequantizer is None else "variational"
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this model can do (see `Capabilities`); families with other abilities override it."""
+        return Capabilities(objective=self._likelihood_objective())
+
+    def _likelihood_objective(self) -> str:
+        """The name of a likelihood-trained flow's loss: ``"likelihood"``, or ``"noisy_bpd"`` /
+        ``"noisy_nll"`` for flows trained on noise-augmented data."""
+        if self.noise_std is None:
+            return "likelihood"
+        return "noisy_bpd" if self.n_bits is not None else "noisy_nll"
 
     def check_input(self, x: Tensor) -> None:
         """Raise a `ValueError` naming the problem if ``x`` is not a finite ``[B, *shape]`` batch."""
@@ -204,7 +241,7 @@ class Flow(nn.Module):
             raise ValueError(f"expected a floating-point tensor, got {x.dtype}; convert with x.float(){hint}")
         if not torch.isfinite(x).all():
             raise ValueError("input contains NaN or Inf values; clean the data before computing densities")
-        if self.n_bits is not None and (x.min() < 0 or x.max() > 1):
+        if self.n_bits is not None and self.noise_std is None and (x.min() < 0 or x.max() > 1):
             raise ValueError(
                 f"dequantised images must lie in [0, 1], got values in [{x.min().item():.3g}, {x.max().item():.3g}]; "
                 "pass uint8 images to bits_per_dim, or dequantise them with lgm.flow.discrete.dequantize"
@@ -291,10 +328,11 @@ class Flow(nn.Module):
     def bits_per_dim(self, x: Tensor, labels: Tensor | None = None, dequant_samples: int = 1) -> Tensor:
         """Bits per dimension of discrete 8-bit images ``x`` (integers in 0..255), shape ``[B]``.
 
-        ``bpd = (-log p(y) + D n_bits ln 2) / (D ln 2)`` with ``y = (x + u) / 2**n_bits``,
-        ``u ~ U[0, 1)^D`` and ``D`` the number of values of one image: an upper bound on the
-        model's discrete negative log2-likelihood per dimension. With ``dequant_samples = K > 1``
-        the bound is the tighter importance-weighted one, ``log p(x) >= log mean_k p(y_k) - D n_bits ln 2``.
+        ``bpd = (-log p(y) + log q(u | x) + D n_bits ln 2) / (D ln 2)`` with ``y = (x + u) / 2**n_bits``,
+        ``u ~ q`` (``U[0, 1)^D``, ``log q = 0``, unless the flow has a variational ``dequantizer``) and
+        ``D`` the number of values of one image: an upper bound on the model's discrete negative
+        log2-likelihood per dimension. With ``dequant_samples = K > 1`` the bound is the tighter
+        importance-weighted one, ``log P(x) >= log mean_k [p(y_k) / q(u_k | x)] - D n_bits ln 2``.
         """
         if self.n_bits is None:
             raise ValueError("bits_per_dim needs a model of discrete images: build it with n_bits (e.g. 8)")
@@ -302,38 +340,102 @@ class Flow(nn.Module):
             raise ValueError(f"dequant_samples must be at least 1, got {dequant_samples}")
         check_images(x, self.shape)
         x = reduce_bits(x, self.n_bits)
-        # Dequantise in float32 at least: in bfloat16, 255 + u would round back onto the integer.
-        dtype = torch.float64 if any(p.dtype == torch.float64 for p in self.parameters()) else torch.float32
-        log_px = torch.stack([self.log_prob(dequantize(x, self.n_bits, dtype), labels) for _ in range(dequant_samples)])
+        log_px = torch.stack([self._dequantized_log_prob(x, labels) for _ in range(dequant_samples)])
         log_px = torch.logsumexp(log_px, dim=0) - math.log(dequant_samples)
         dims = math.prod(self.shape)
         return -log_px / (dims * math.log(2)) + self.n_bits
 
+    def noisy_bits_per_dim(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """For a flow trained with noise (``noise_std``): ``-log2 p_sigma(y) / D + n_bits`` ``[B]`` of
+        noise-augmented images ``y`` (`lgm.flow.discrete.noisy_images` of the 8-bit images ``x``).
+
+        The negative log-density of the *noisy* data, in bits per dimension and offset by ``n_bits`` like
+        `bits_per_dim`, so the two read on one scale; it is no bound on the discrete images' likelihood
+        (that is `bits_per_dim`), and is reported under its own name.
+        """
+        if self.noise_std is None or self.n_bits is None:
+            raise ValueError("noisy_bits_per_dim is for image models trained with noise: build them with noise_std")
+        check_images(x, self.shape)
+        y = noisy_images(x, self.n_bits, self.noise_std, self._float_dtype())
+        return -self.log_prob(y, labels) / (math.prod(self.shape) * math.log(2)) + self.n_bits
+
     def objective(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """The per-sample training loss ``[B]``: ``-log_prob(x)`` for continuous data, `bits_per_dim`
-        for discrete images (``x`` as the data module gives it). A family that trains on another loss
-        overrides this and names the loss in ``capabilities.objective``."""
-        return -self.log_prob(x, labels) if self.n_bits is None else self.bits_per_dim(x, labels)
+        for discrete images (``x`` as the data module gives it); for flows trained with noise, the same of
+        the noise-augmented data (`noisy_bits_per_dim`). A family that trains on another loss overrides
+        this and names the loss in ``capabilities.objective``."""
+        if self.noise_std is None:
+            return -self.log_prob(x, labels) if self.n_bits is None else self.bits_per_dim(x, labels)
+        if self.n_bits is not None:
+            return self.noisy_bits_per_dim(x, labels)
+        return -self.log_prob(x + self.noise_std * torch.randn_like(x), labels)
+
+    def _dequantized_log_prob(self, x: Tensor, labels: Tensor | None) -> Tensor:
+        """``log p(y) - log q(u | x)`` ``[B]`` for one draw ``u ~ q`` of ``n_bits``-bit images ``x``."""
+        dtype = self._float_dtype()
+        if self.dequantizer is None:
+            return self.log_prob(dequantize(x, self.n_bits, dtype), labels)
+        x = x.to(dtype)
+        u, log_q = self.dequantizer(x, self.n_bits)
+        return self.log_prob((x + u) / 2**self.n_bits, labels) - log_q
+
+    def _float_dtype(self) -> torch.dtype:
+        # Dequantise in float32 at least: in bfloat16, 255 + u would round back onto the integer.
+        return torch.float64 if any(p.dtype == torch.float64 for p in self.parameters()) else torch.float32
 
     # -- sampling ---------------------------------------------------------------------------------
 
-    def sample(self, n: int, temperature: float = 1.0, labels: Tensor | None = None) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        temperature: float = 1.0,
+        labels: Tensor | None = None,
+        denoise: bool | None = None,
+        denoise_step: float = 1.0,
+    ) -> Tensor:
         """Draw ``n`` samples ``[n, *shape]``; ``temperature`` scales the prior's standard deviation.
 
         Temperature 0 gives ``n`` copies of the decoded prior mode, ``decode(0)``. Image models
         return images in ``[0, 1]`` (clamped: dequantisation noise may carry values a hair outside).
-        Sampling runs in ``torch.inference_mode`` (no autograd bookkeeping; in eval mode the 1x1
-        convolutions reuse their cached inverses) and returns an ordinary tensor without a graph;
-        for gradients through sampling, ``decode`` prior samples instead.
+        ``denoise`` (default: on for flows trained with noise, off otherwise) returns `denoise` of the
+        drawn samples, with ``denoise_step``. Sampling runs in ``torch.inference_mode`` (no autograd
+        bookkeeping; in eval mode the 1x1 convolutions reuse their cached inverses), denoising with one
+        autograd pass after it, and returns an ordinary tensor without a graph; for gradients through
+        sampling, ``decode`` prior samples instead.
         """
         if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
             raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
         if not (temperature >= 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         self.check_labels(labels, n)
+        if denoise is None:
+            denoise = self.noise_std is not None
+        if denoise and self.noise_std is None:
+            raise ValueError(
+                f"denoising needs a flow trained with Gaussian noise (noise_std), and this {type(self).__name__} "
+                "was not: sample with denoise=False (--no-denoise)"
+            )
         with torch.inference_mode():
-            x = self._as_data(self._draw(n, temperature, labels))
-        return x.clone()  # outside inference mode: a normal tensor that later autograd code may use
+            y = self._draw(n, temperature, labels)
+        y = y.clone()  # outside inference mode: a normal tensor that autograd (denoising, callers) may use
+        return self._as_data(self.denoise(y, labels, denoise_step) if denoise else y)
+
+    def denoise(self, y: Tensor, labels: Tensor | None = None, step: float = 1.0) -> Tensor:
+        """Tweedie's estimate of the clean data behind noisy ``y`` ``[B, *shape]`` (flows with ``noise_std``):
+
+        ``x = y + step * sigma^2 * grad_y log p_sigma(y)``, with ``p_sigma`` this flow's density of the
+        noise-augmented data and one autograd pass through it. At ``step = 1`` it is the posterior mean
+        ``E[x | y]`` if the flow is the noisy data's density (Tweedie's formula); for ``p_sigma = N(m, S)``,
+        ``x = y - sigma^2 S^-1 (y - m)``. Returns a tensor without a graph.
+        """
+        if self.noise_std is None:
+            raise ValueError(f"this {type(self).__name__} was not trained with noise (noise_std): nothing to denoise")
+        if not (step >= 0 and math.isfinite(step)):
+            raise ValueError(f"the denoising step must be a finite number >= 0, got {step}")
+        with torch.inference_mode(False), torch.enable_grad():
+            y = y.detach().clone().requires_grad_(True)
+            (score,) = torch.autograd.grad(self.log_prob(y, labels).sum(), y)
+        return (y + step * self.noise_std**2 * score).detach()
 
     def _draw(self, n: int, temperature: float, labels: Tensor | None) -> Tensor:
         """``n`` samples in the model's data space, before clamping (labels are checked already)."""
@@ -404,6 +506,14 @@ class Flow(nn.Module):
     def per_dimension_log_scale(self) -> Tensor | None:
         """A learned log-scale per data dimension ``[D]`` where the family has one (NICE's final scaling), else None."""
         return None
+
+
+def check_noise_std(noise_std: float | None) -> None:
+    """Raise a `ValueError` unless ``noise_std`` is ``None`` or a finite number > 0."""
+    if noise_std is not None and not (
+        isinstance(noise_std, numbers.Real) and not isinstance(noise_std, bool) and 0 < noise_std < math.inf
+    ):
+        raise ValueError(f"noise_std must be a number > 0 (or None for no noise augmentation), got {noise_std!r}")
 
 
 def _recording_init_args(cls: type, init):

@@ -129,19 +129,16 @@ class AffineVectorCoupling(VectorCoupling):
         super().__init__(dim, net, partition, change)
         self.scale_map = get_scale_map(scale)
 
-    def _shift_and_log_scale(self, kept: Tensor) -> tuple[Tensor, Tensor]:
-        h, shift = self.run_net(kept).chunk(2, dim=1)
-        return shift, self.scale_map.log_scale(h)
-
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         kept, changed = self._parts(x)
-        shift, log_s = self._shift_and_log_scale(kept)
+        h, shift = self.run_net(kept).chunk(2, dim=1)
+        log_s = self.scale_map.log_scale(h)
         return self._join(kept, changed * log_s.exp() + shift), log_s.sum(1)
 
     def inverse(self, z: Tensor) -> Tensor:
         kept, changed = self._parts(z)
-        shift, log_s = self._shift_and_log_scale(kept)
-        return self._join(kept, (changed - shift) * (-log_s).exp())
+        h, shift = self.run_net(kept).chunk(2, dim=1)
+        return self._join(kept, (changed - shift) * self.scale_map.reciprocal_scale(h))
 
 
 def checkerboard(height: int, width: int, parity: int) -> Tensor:
@@ -188,35 +185,38 @@ class ImageCoupling(NetworkCoupling):
         changed = channels - kept if mask == "channel" else channels
         self.net = net_builder(kept, changed * (2 if affine else 1))
 
-    def _shift_and_log_scale(self, kept: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _shift_and_h(self, kept: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The network's shift and (affine only) the unconstrained ``h`` of the scale ``s(h)``."""
         out = self.run_net(kept)
         if not self.affine:
             return out, None
         h, shift = out.chunk(2, dim=1)
-        return shift, self.scale_map.log_scale(h)
+        return shift, h
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.mask == "channel":
             a, b = self._halves(x)
-            shift, log_s = self._shift_and_log_scale(a)
-            b = b * log_s.exp() + shift if log_s is not None else b + shift
-            logdet = log_s.flatten(1).sum(1) if log_s is not None else x.new_zeros(x.shape[0])
-            return self._join(a, b), logdet
+            shift, h = self._shift_and_h(a)
+            if h is None:
+                return self._join(a, b + shift), x.new_zeros(x.shape[0])
+            log_s = self.scale_map.log_scale(h)
+            return self._join(a, b * log_s.exp() + shift), log_s.flatten(1).sum(1)
         m = checkerboard(x.shape[2], x.shape[3], self.parity).to(x)
-        shift, log_s = self._shift_and_log_scale(x * m)
-        z = x * m + (1 - m) * (x * log_s.exp() + shift if log_s is not None else x + shift)
-        logdet = ((1 - m) * log_s).flatten(1).sum(1) if log_s is not None else x.new_zeros(x.shape[0])
-        return z, logdet
+        shift, h = self._shift_and_h(x * m)
+        if h is None:
+            return x * m + (1 - m) * (x + shift), x.new_zeros(x.shape[0])
+        log_s = self.scale_map.log_scale(h)
+        return x * m + (1 - m) * (x * log_s.exp() + shift), ((1 - m) * log_s).flatten(1).sum(1)
 
     def inverse(self, z: Tensor) -> Tensor:
         if self.mask == "channel":
             a, b = self._halves(z)
-            shift, log_s = self._shift_and_log_scale(a)
-            b = (b - shift) * (-log_s).exp() if log_s is not None else b - shift
+            shift, h = self._shift_and_h(a)
+            b = (b - shift) * self.scale_map.reciprocal_scale(h) if h is not None else b - shift
             return self._join(a, b)
         m = checkerboard(z.shape[2], z.shape[3], self.parity).to(z)
-        shift, log_s = self._shift_and_log_scale(z * m)
-        changed = (z - shift) * (-log_s).exp() if log_s is not None else z - shift
+        shift, h = self._shift_and_h(z * m)
+        changed = (z - shift) * self.scale_map.reciprocal_scale(h) if h is not None else z - shift
         return z * m + (1 - m) * changed
 
     def _halves(self, x: Tensor) -> tuple[Tensor, Tensor]:

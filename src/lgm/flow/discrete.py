@@ -4,6 +4,10 @@ Images are integers ``x`` in ``0 .. 2**n_bits - 1`` after `reduce_bits`; the flo
 continuous ``y = (x + u) / 2**n_bits`` in ``[0, 1)``, ``u ~ U[0, 1)`` (uniform dequantisation).
 Since each ``x`` owns a cube of volume ``2**(-n_bits D)`` in ``y`` space,
 ``-log P(x) <= E_u[-log p(y)] + D n_bits ln 2``, which is what bits/dim reports.
+
+Gaussian noise augmentation (`noisy_images`) is the other way to make images continuous: the flow
+then models ``y = (x + 1/2) / 2**n_bits + sigma * eps``, ``eps ~ N(0, I)``, whose values leave ``[0, 1]``.
+A density of such ``y`` is not a bound on ``P(x)``; bits/dim stays the uniform-dequantisation bound.
 """
 
 from __future__ import annotations
@@ -42,6 +46,13 @@ def dequantize_images(x: Tensor, n_bits: int, dtype: torch.dtype = torch.float32
     """8-bit images ``x`` (integers 0..255) -> dequantised ``n_bits``-bit images in ``[0, 1)``: what a
     model of ``n_bits`` sees in training (`reduce_bits`, then `dequantize`)."""
     return dequantize(reduce_bits(x, n_bits), n_bits, dtype)
+
+
+def noisy_images(x: Tensor, n_bits: int, std: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    """8-bit images ``x`` -> ``y = (x' + 1/2) / 2**n_bits + std * eps``, ``x'`` the ``n_bits``-bit
+    images (`reduce_bits`) and ``eps ~ N(0, I)``: what a model trained with noise augmentation sees."""
+    centres = (reduce_bits(x, n_bits).to(dtype) + 0.5) / 2**n_bits
+    return centres + std * torch.randn(x.shape, device=x.device, dtype=dtype)
 
 
 def quantize(y: Tensor, n_bits: int) -> Tensor:

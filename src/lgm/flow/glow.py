@@ -96,7 +96,14 @@ class Glow(MultiScaleFlow):
         latent_shapes.append((c, h, w))
         top = TopPrior((c, h, w), learned_prior, n_classes)
         super().__init__(
-            preprocess, level_transforms, split_priors, top, latent_shapes, shape, preprocessing.n_bits, n_classes
+            preprocess,
+            level_transforms,
+            split_priors,
+            top,
+            latent_shapes,
+            shape,
+            n_classes=n_classes,
+            **preprocessing.flow_arguments(shape),
         )
         self.preprocessing = preprocessing
 
@@ -123,6 +130,8 @@ class VectorGlow(Flow):
         scale: the couplings' positivity map (see `lgm.flow.scales`); ``"sigmoid"`` is openai/glow's.
         prior: ``"gaussian"`` or ``"logistic"``.
         seed: seed of the linear maps' orthogonal initialisation and of shuffles.
+        noise_std: train on ``x + noise_std * eps`` (Gaussian noise augmentation) and denoise samples, or
+            ``None`` (see `lgm.flow.Flow`).
     """
 
     def __init__(
@@ -136,6 +145,7 @@ class VectorGlow(Flow):
         scale: str = "sigmoid",
         prior: str = "gaussian",
         seed: int = 0,
+        noise_std: float | None = None,
     ) -> None:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         dim = math.prod(shape)
@@ -149,4 +159,4 @@ class VectorGlow(Flow):
                 make_mixing(mixing, dim, seed + step),
                 AffineVectorCoupling(dim, mlp(dim // 2, dim, width, depth, activation), scale=scale),
             ]
-        super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape)
+        super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape, noise_std=noise_std)

@@ -38,7 +38,7 @@ class DiagonalScaling(Transform):
         return x * log_s.exp(), log_s.sum().expand(x.shape[0])
 
     def inverse(self, z: Tensor) -> Tensor:
-        return z * (-self.log_scale()).exp()
+        return z * self.scale_map.reciprocal_scale(self.h)
 
 
 class Squeeze(Transform):

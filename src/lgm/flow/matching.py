@@ -105,6 +105,11 @@ class FlowMatching(Flow):
             if len(shape) != 3:
                 raise ValueError(f"images need shape (C, H, W), got {shape}")
             (preprocess, model_shape), n_bits = preprocessing.transforms(shape), preprocessing.n_bits
+            if preprocessing.noise_std is not None or preprocessing.dequantization != "uniform":
+                raise ValueError(
+                    "noise augmentation (noise_std) and variational dequantisation are for flows trained by "
+                    "likelihood; flow matching takes neither (leave them out of its preprocessing)"
+                )
         super().__init__(Compose(*preprocess), StandardGaussian(model_shape), shape, n_bits=n_bits)
         self.preprocessing = preprocessing
         self.model_shape = model_shape

@@ -31,6 +31,8 @@ class MultiScaleFlow(Flow):
         shape: shape of one data sample ``(C, H, W)``.
         n_bits: bit depth of the images (see `lgm.flow.Flow`).
         n_classes: number of classes for a class-conditional model, else ``None``.
+        noise_std: Gaussian noise augmentation's standard deviation, or ``None`` (see `lgm.flow.Flow`).
+        dequantizer: a learned ``q(u | x)`` for variational dequantisation, or ``None`` (see `lgm.flow.Flow`).
     """
 
     def __init__(
@@ -43,6 +45,8 @@ class MultiScaleFlow(Flow):
         shape: tuple[int, ...],
         n_bits: int = 8,
         n_classes: int | None = None,
+        noise_std: float | None = None,
+        dequantizer: nn.Module | None = None,
     ) -> None:
         if len(split_priors) != len(levels) - 1 or len(latent_shapes) != len(levels):
             raise ValueError(
@@ -52,7 +56,7 @@ class MultiScaleFlow(Flow):
             raise ValueError("multi-scale flows model images: set n_bits (1 to 8)")
         if n_classes is not None and n_classes < 1:
             raise ValueError(f"n_classes must be at least 1 (or None), got {n_classes}")
-        super().__init__(Compose(*preprocess), top_prior, shape, n_bits=n_bits)
+        super().__init__(Compose(*preprocess), top_prior, shape, n_bits, noise_std, dequantizer)
         self.levels = nn.ModuleList(levels)
         self.split_priors = nn.ModuleList(split_priors)
         self._latent_shapes = [tuple(s) for s in latent_shapes]
@@ -60,7 +64,7 @@ class MultiScaleFlow(Flow):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(latent_levels=len(self.levels))
+        return Capabilities(latent_levels=len(self.levels), objective=self._likelihood_objective())
 
     @property
     def latent_shapes(self) -> list[tuple[int, ...]]:

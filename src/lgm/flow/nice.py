@@ -64,8 +64,8 @@ class NiceFlow(Flow):
                 AdditiveVectorCoupling(dim, net, partition=partition, change="second" if i % 2 == 0 else "first")
             )
         layers.append(DiagonalScaling(dim, scale=scale))
-        n_bits = preprocessing.n_bits if preprocessing is not None else None
-        super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape, n_bits=n_bits)
+        images = preprocessing.flow_arguments(shape) if preprocessing is not None else {}
+        super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape, **images)
         self.preprocessing = preprocessing
 
     @property

@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lgm.flow.base import DataInitialized, Transform
+from lgm.flow.base import DataInitialized, Transform, check_noise_std
+from lgm.flow.dequantization import VariationalDequantizer
+
+DEQUANTIZATIONS = ("uniform", "variational")
 
 
 class Center(Transform):
@@ -137,6 +140,12 @@ class Preprocessing:
             1e-6 for MNIST), or ``None``.
         normalize: ``None``, ``"global"`` or ``"per_pixel"``: unit variance from the first batch.
         pad_to: pad each side to this size with dequantisation noise of known density, or ``None``.
+        noise_std: ``None`` (uniform dequantisation), or train on Gaussian noise-augmented images
+            ``y = (x + 1/2) / 2**n_bits + noise_std * eps`` instead (`lgm.flow.discrete.noisy_images`;
+            TarFlow's choice), whose samples the flow denoises (`lgm.flow.Flow.denoise`). Values then
+            leave ``[0, 1]``, so it excludes the logit. E.g. 0.05 on the ``[0, 1]`` scale.
+        dequantization: ``"uniform"`` (``u ~ U[0, 1)``), or ``"variational"``: ``u ~ q(u | x)``, a small
+            conditional flow trained with the model (`lgm.flow.dequantization`), for a tighter bits/dim.
     """
 
     n_bits: int = 8
@@ -144,6 +153,8 @@ class Preprocessing:
     logit_alpha: float | None = None
     normalize: str | None = None
     pad_to: int | None = None
+    noise_std: float | None = None
+    dequantization: str = "uniform"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.n_bits, int) and 1 <= self.n_bits <= 8):
@@ -157,11 +168,27 @@ class Preprocessing:
             raise ValueError(
                 f"logit_alpha must be in (0, 0.5) (RealNVP: 0.05, or 1e-6 for MNIST), got {self.logit_alpha}"
             )
+        check_noise_std(self.noise_std)
+        if self.noise_std is not None and self.logit_alpha is not None:
+            raise ValueError(
+                "Gaussian noise carries values outside [0, 1], where the logit is undefined: "
+                "use noise_std without logit_alpha (data_range 'centered' or 'unit')"
+            )
+        if self.dequantization not in DEQUANTIZATIONS:
+            raise ValueError(f"dequantization must be one of {', '.join(DEQUANTIZATIONS)}, got {self.dequantization!r}")
+        if self.dequantization == "variational" and self.noise_std is not None:
+            raise ValueError("noise augmentation replaces dequantisation: set noise_std or variational dequantization")
 
     @classmethod
     def of(cls, value: Preprocessing | dict | None) -> Preprocessing | None:
         """``value`` as a `Preprocessing` (a dict holds its fields, as saved files do); ``None`` stays ``None``."""
         return cls(**value) if isinstance(value, dict) else value
+
+    def flow_arguments(self, shape: tuple[int, ...]) -> dict:
+        """What an image model of ``shape`` passes to `lgm.flow.Flow`: ``n_bits``, ``noise_std`` and the
+        ``dequantizer`` (a learned ``q(u | x)`` with ``dequantization="variational"``, else ``None``)."""
+        dequantizer = VariationalDequantizer(shape) if self.dequantization == "variational" else None
+        return {"n_bits": self.n_bits, "noise_std": self.noise_std, "dequantizer": dequantizer}
 
     def transforms(self, shape: tuple[int, ...]) -> tuple[list[Transform], tuple[int, ...]]:
         """The preprocessing chain for images of ``shape`` and the shape the model sees after it."""

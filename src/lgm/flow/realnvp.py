@@ -76,7 +76,14 @@ class RealNVP(MultiScaleFlow):
         latent_shapes.append((c, h, w))
         top = TopPrior((c, h, w), learned_prior, n_classes)
         super().__init__(
-            preprocess, level_transforms, split_priors, top, latent_shapes, shape, preprocessing.n_bits, n_classes
+            preprocess,
+            level_transforms,
+            split_priors,
+            top,
+            latent_shapes,
+            shape,
+            n_classes=n_classes,
+            **preprocessing.flow_arguments(shape),
         )
         self.preprocessing = preprocessing
 
@@ -93,6 +100,8 @@ class VectorRealNVP(Flow):
         partition: ``"halves"`` or ``"even_odd"``.
         scale: positivity map of the couplings, see `lgm.flow.scales`.
         prior: ``"gaussian"`` or ``"logistic"``.
+        noise_std: train on ``x + noise_std * eps`` (Gaussian noise augmentation) and denoise samples, or
+            ``None`` (see `lgm.flow.Flow`).
     """
 
     def __init__(
@@ -105,6 +114,7 @@ class VectorRealNVP(Flow):
         partition: str = "halves",
         scale: str = "softclamp",
         prior: str = "gaussian",
+        noise_std: float | None = None,
     ) -> None:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
         dim = math.prod(shape)
@@ -116,4 +126,4 @@ class VectorRealNVP(Flow):
             net = mlp(dim // 2, dim, width=width, depth=depth, activation=activation)
             change = "second" if i % 2 == 0 else "first"
             layers.append(AffineVectorCoupling(dim, net, partition=partition, change=change, scale=scale))
-        super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape)
+        super().__init__(Compose(*layers), make_prior(prior, (dim,)), shape, noise_std=noise_std)

@@ -2,7 +2,9 @@
 
 Scaling layers and affine couplings multiply by ``s(h)``; their log-determinant is a sum of
 ``log s(h)``. Each map is written directly in log space so that the log-det is exact and stable
-(``log(sigmoid(h))`` as ``logsigmoid(h)``, never as ``log`` of a rounded-to-zero sigmoid).
+(``log(sigmoid(h))`` as ``logsigmoid(h)``, never as ``log`` of a rounded-to-zero sigmoid). Inverses
+divide by ``s(h)`` and need no log-det, so each map also gives ``1 / s(h)`` directly
+(``1 + exp(-h - 2)`` for the sigmoid: one ``exp`` where ``exp(-logsigmoid)`` takes three passes).
 
 Why more than ``exp``: ``exp`` is unbounded, so one large ``h`` can blow a layer up and training
 to NaN. The bounded or slower-growing maps trade a little expressiveness for stability.
@@ -38,21 +40,28 @@ def _log_softplus(h: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class ScaleMap:
-    """A named positivity map: ``log_scale(h) = log s(h)`` and the ``h`` where ``s = 1`` (if any)."""
+    """A named positivity map: ``log_scale(h) = log s(h)``, ``reciprocal_scale(h) = 1 / s(h)`` and the
+    ``h`` where ``s = 1`` (if any)."""
 
     name: str
     log_scale: Callable[[Tensor], Tensor]
+    reciprocal_scale: Callable[[Tensor], Tensor]
     identity_at: float | None
 
 
 SCALE_MAPS = {
     m.name: m
     for m in (
-        ScaleMap("exp", lambda h: h, 0.0),
-        ScaleMap("softplus", _log_softplus, math.log(math.e - 1)),
-        ScaleMap("sigmoid", lambda h: F.logsigmoid(h + 2.0), None),
-        ScaleMap("sigmoid2", lambda h: math.log(2.0) + F.logsigmoid(h), 0.0),
-        ScaleMap("softclamp", lambda h: SOFTCLAMP_BOUND * torch.tanh(h / SOFTCLAMP_BOUND), 0.0),
+        ScaleMap("exp", lambda h: h, lambda h: (-h).exp(), 0.0),
+        ScaleMap("softplus", _log_softplus, lambda h: (-_log_softplus(h)).exp(), math.log(math.e - 1)),
+        ScaleMap("sigmoid", lambda h: F.logsigmoid(h + 2.0), lambda h: 1.0 + (-2.0 - h).exp(), None),
+        ScaleMap("sigmoid2", lambda h: math.log(2.0) + F.logsigmoid(h), lambda h: 0.5 + 0.5 * (-h).exp(), 0.0),
+        ScaleMap(
+            "softclamp",
+            lambda h: SOFTCLAMP_BOUND * torch.tanh(h / SOFTCLAMP_BOUND),
+            lambda h: (-SOFTCLAMP_BOUND * torch.tanh(h / SOFTCLAMP_BOUND)).exp(),
+            0.0,
+        ),
     )
 }
 

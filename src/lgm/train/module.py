@@ -12,7 +12,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lgm.flow.base import DataInitialized, Flow
-from lgm.flow.discrete import dequantize_images
+from lgm.flow.discrete import dequantize_images, noisy_images
 from lgm.flow.io import check_compatible, flow_spec
 from lgm.flow.precision import resolve_precision
 from lgm.train.guard import TrainingDiverged, describe_nonfinite
@@ -382,8 +382,12 @@ class FlowModule(L.LightningModule):
         n = self.init_samples
         x = torch.cat(xs)[:n].to(self.device)
         labels = torch.cat(ys)[:n].to(self.device) if self.flow.n_classes else None
-        if self.flow.n_bits is not None:
-            x = dequantize_images(x, self.flow.n_bits)
+        # The data-dependent layers are set from what training feeds them: dequantised or noisy data.
+        noise_std, n_bits = self.flow.noise_std, self.flow.n_bits
+        if n_bits is not None:
+            x = dequantize_images(x, n_bits) if noise_std is None else noisy_images(x, n_bits, noise_std)
+        elif noise_std is not None:
+            x = x + noise_std * torch.randn_like(x)
         return x, labels
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

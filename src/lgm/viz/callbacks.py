@@ -92,7 +92,8 @@ class SampleGrid(L.Callback):
     (from the weight average when `lgm.train.FlowEMA` keeps one).
 
     Writes ``figures/samples_t{T}.png`` (one per temperature, overwritten each epoch, so the latest
-    is always there). Class-conditional models cycle through the classes. Does nothing for
+    is always there); for flows trained with noise these are denoised, and ``samples_t{T}_raw.png``
+    holds the same draws before denoising. Class-conditional models cycle through the classes. Does nothing for
     continuous data.
 
     Args:
@@ -127,5 +128,9 @@ class SampleGrid(L.Callback):
                     labels = torch.arange(self.n, device=pl_module.device) % flow.n_classes if flow.n_classes else None
                     images = flow.sample(self.n, temperature=t, labels=labels)
                     save_grid(images, figures / f"samples_t{t}.png", nrow=int(self.n**0.5))
+                    if flow.noise_std is not None:  # the same draw before denoising, beside it
+                        torch.manual_seed(self.seed)
+                        raw = flow.sample(self.n, temperature=t, labels=labels, denoise=False)
+                        save_grid(raw, figures / f"samples_t{t}_raw.png", nrow=int(self.n**0.5))
         finally:
             flow.train(was_training)
