@@ -30,11 +30,12 @@ class VariationalDequantizer(nn.Module):
 
     Args:
         shape: the image shape.
-        width: channels of the context network and of each coupling's network.
+        width: channels of the context network and of each coupling's network (small next to the
+            flow's own networks: q only shapes the noise inside each pixel's bin).
         steps: affine couplings, alternating the checkerboard's parity.
     """
 
-    def __init__(self, shape: tuple[int, ...], width: int = 32, steps: int = 4) -> None:
+    def __init__(self, shape: tuple[int, ...], width: int = 16, steps: int = 4) -> None:
         super().__init__()
         if len(shape) != 3:
             raise ValueError(f"variational dequantisation is for images (C, H, W), got shape {tuple(shape)}")
