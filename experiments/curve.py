@@ -2,12 +2,13 @@
 
     python -m experiments.curve RUN [RUN ...] --data fashion_mnist --out curves \\
         [--bpd-images 1000] [--select-n 1000] [--select-protocol inception] [--inception-n 10000] \\
-        [--solver midpoint --steps 16] [--likelihood-solver rk4 --likelihood-steps 128]
+        [--solver midpoint --steps 16] [--likelihood-solver rk4 --likelihood-steps 128] [--no-denoise]
 
 A run's snapshots are its ``checkpoints/snapshot-<M>min.ckpt`` (written by ``--snapshots.minutes``).
 Each is scored by `lgm.evaluate.report.evaluate` against the test set (bits/dim; the classifier and
 Inception protocols at ``--n-samples`` / ``--inception-n``) at the temperature among 0.6, 0.7, 0.8,
-0.9, 1.0 that scores the lowest FID on the validation split. Reports go to
+0.9, 1.0 that scores the lowest FID on the validation split (flows trained with noise are scored on
+their denoised samples, unless ``--no-denoise``). Reports go to
 ``OUT/<run folder name>/<M>min.json``; a report already there is kept, and a snapshot whose scoring
 was interrupted reuses the stages it finished (`lgm.evaluate.report.FinishedStages`), so rerunning
 after an interruption resumes. The table has one row per run and mark, then each mark's mean and standard
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from lgm.cli.options import add_inception_runtime_option, add_network_precision_option
+from lgm.cli.options import add_denoise_options, add_inception_runtime_option, add_network_precision_option
 from lgm.evaluate.report import EvalSettings, evaluate
 from lgm.flow.ode import SOLVERS
 
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--likelihood-steps", type=int, help="ODE solver steps of bits/dim, for continuous flows")
     add_network_precision_option(p)
     add_inception_runtime_option(p)
+    add_denoise_options(p)
     p.add_argument("--data-dir", help="folder with the data (default $LGM_DATA_DIR)")
     args = p.parse_args(argv)
     missing = [str(r) for r in args.runs if not snapshots(r)]
@@ -150,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         likelihood_steps=args.likelihood_steps,
         network_precision=args.network_precision,
         inception_runtime=args.inception_runtime,
+        denoise=args.denoise,
+        denoise_step=args.denoise_step,
         select_temperatures=TEMPERATURES,
         select_n=args.select_n,
         select_protocol=args.select_protocol,

@@ -74,6 +74,7 @@ def test_curve_evaluates_each_snapshot_once_and_tabulates_them(tmp_path, monkeyp
         "10",
         "--inception-runtime",
         "torch",
+        "--no-denoise",
     ]
     capsys.readouterr()
     curve.main(args)
@@ -84,7 +85,7 @@ def test_curve_evaluates_each_snapshot_once_and_tabulates_them(tmp_path, monkeyp
         assert set(selection["fid"]) == {str(t) for t in curve.TEMPERATURES} and selection["split"] == "val"
         assert report["settings"]["temperature"] == selection["chosen"] and report["settings"]["reference"] == "test"
         assert report["metrics"]["inception"]["n_generated"] == 12 and report["metrics"]["bpd"]["images"] == 10
-        assert report["metrics"]["inception"]["runtime"] == "torch"
+        assert report["metrics"]["inception"]["runtime"] == "torch" and report["settings"]["denoise"] is False
     assert f"| {run.name} | 1 min |" in printed and f"| {run.name} | 2 min |" in printed
 
     # A second call reads the reports back instead of evaluating again.
