@@ -126,13 +126,27 @@ def test_format_2_flat_preprocessing_becomes_one_value():
     flat = {"n_bits": 5, "data_range": "unit", "logit_alpha": 0.05, "normalize": None, "pad_to": None}
     spec = {"format": 2, "class_path": "lgm.flow.glow.Glow", "init_args": {"shape": [1, 8, 8], "levels": 2, **flat}}
     upgraded = upgrade_spec(spec, "test")
-    assert upgraded["format"] == 4 and upgraded["init_args"] == {"shape": [1, 8, 8], "levels": 2, "preprocessing": flat}
+    # The fields added since (noise augmentation, variational dequantisation) take their defaults.
+    complete = {**flat, "noise_std": None, "dequantization": "uniform"}
+    assert upgraded["format"] == 4
+    assert upgraded["init_args"] == {"shape": [1, 8, 8], "levels": 2, "preprocessing": complete}
     continuous = {"format": 2, "class_path": "lgm.flow.nice.NiceFlow", "init_args": {"shape": [2], "n_bits": None}}
     assert upgrade_spec(continuous, "test")["init_args"] == {"shape": [2], "preprocessing": None}
     glow = Glow(shape=(1, 8, 8), levels=2, flow_steps=1, width=4, preprocessing=upgraded["init_args"]["preprocessing"])
-    # The fields added since (noise augmentation, variational dequantisation) keep their defaults.
-    assert glow.n_bits == 5
-    assert glow.init_args["preprocessing"] == {**flat, "noise_std": None, "dequantization": "uniform"}
+    assert glow.n_bits == 5 and glow.init_args["preprocessing"] == complete
+
+
+def test_a_file_written_before_a_preprocessing_field_existed_resumes_under_todays_config():
+    """A format-4 checkpoint whose preprocessing lacks ``dequantization`` (added later) describes the
+    uniform default: the resume check accepts today's equivalent config and still refuses a different one."""
+    preprocessing = {"n_bits": 8, "data_range": "centered", "pad_to": None, "noise_std": 0.05}
+    glow = Glow(shape=(1, 8, 8), levels=2, flow_steps=1, width=4, preprocessing=preprocessing)
+    spec = flow_spec(glow)
+    del spec["init_args"]["preprocessing"]["dequantization"]
+    check_compatible(spec, glow, "old.ckpt")
+    other = Glow(shape=(1, 8, 8), levels=2, flow_steps=1, width=4, preprocessing={**preprocessing, "noise_std": 0.1})
+    with pytest.raises(CheckpointError, match=r"differs from the configured .* in \['preprocessing'\]"):
+        check_compatible(spec, other, "old.ckpt")
 
 
 @pytest.mark.parametrize(

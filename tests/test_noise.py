@@ -158,6 +158,25 @@ def test_noisy_images_are_pixel_centres_plus_gaussian_noise():
     torch.testing.assert_close(noisy_images(x, 5, 1e-9), (x.float() // 8 + 0.5) / 32, atol=1e-6, rtol=0)
 
 
+def test_training_input_is_what_the_objective_scores():
+    """Uniformly dequantised images stay in their bins; noisy images spread sigma around the bin centres;
+    a noisy 2-D flow's training loss is -log p of its training input under the same random draw."""
+    x = torch.randint(0, 256, (64, 1, 8, 8), dtype=torch.uint8)
+    uniform = Glow((1, 8, 8), levels=1, flow_steps=1, width=8).training_input(x)
+    assert ((uniform * 256).floor() == x.float()).all()
+    noisy = Glow((1, 8, 8), levels=1, flow_steps=1, width=8, preprocessing=Preprocessing(noise_std=0.05))
+    deviation = noisy.training_input(x) - (x.float() + 0.5) / 256
+    assert abs(deviation.std().item() - 0.05) < 0.003 and abs(deviation.mean().item()) < 0.003
+    points = torch.randn(16, 2)
+    flow = VectorGlow(2, flow_steps=2, width=8, noise_std=0.1)
+    flow.initialize(flow.training_input(points))
+    torch.manual_seed(1)
+    loss = flow.objective(points)
+    torch.manual_seed(1)
+    torch.testing.assert_close(loss, -flow.log_prob(flow.training_input(points)))
+    assert not torch.equal(flow.training_input(points), points)
+
+
 def test_noise_std_is_saved_and_checked(tmp_path):
     flow = Glow((1, 8, 8), levels=1, flow_steps=1, width=8, preprocessing=Preprocessing(noise_std=0.05))
     flow.initialize(noisy_images(torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8), 8, 0.05))
@@ -221,7 +240,7 @@ def test_the_denoise_switch_is_refused_for_flows_without_noise(tmp_path, capsys)
             ["evaluate", "--ckpt", str(tmp_path / "nice.pt"), "--data", "fashion_mnist", "--data-dir", str(data)]
             + ["--metrics", "bpd", "--denoise", "--out", str(tmp_path / "r.json")]
         )
-    assert "--denoise needs a flow trained with Gaussian noise" in capsys.readouterr().err
+    assert "denoising needs a flow trained with Gaussian noise" in capsys.readouterr().err
 
 
 def test_lgm_flow_sample_draws_raw_and_denoised_samples(tmp_path):

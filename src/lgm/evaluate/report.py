@@ -147,7 +147,7 @@ def evaluate(
             )
         _use_solver(flow, settings)
         flow.use_network_precision(settings.network_precision)
-        settings = replace(settings, denoise=_denoising(flow, settings))
+        settings = replace(settings, denoise=flow.denoises(settings.denoise))
         report["machine"] = machine_summary()
         report["model"] = {
             "checkpoint": str(ckpt),
@@ -265,16 +265,6 @@ def select_temperature(flow: Flow, settings: EvalSettings) -> dict:
         "fid": {str(t): v for t, v in fids.items()},
         "chosen": chosen,
     }
-
-
-def _denoising(flow: Flow, settings: EvalSettings) -> bool:
-    """Whether samples are denoised: ``settings.denoise``, by default for flows trained with noise; refused
-    (before any long computation) for a flow that was not."""
-    if settings.denoise and flow.noise_std is None:
-        raise ValueError(
-            f"--denoise needs a flow trained with Gaussian noise (noise_std); this {type(flow).__name__} was not"
-        )
-    return flow.noise_std is not None if settings.denoise is None else settings.denoise
 
 
 def _use_solver(flow: Flow, settings: EvalSettings) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lgm.flow.discrete import check_images, dequantize, noisy_images, reduce_bits
+from lgm.flow.discrete import check_images, dequantize, dequantize_images, noisy_images, reduce_bits
 from lgm.flow.latent import Capabilities, Latent
 from lgm.flow.precision import NETWORK_DTYPES, resolve_precision
 
@@ -368,7 +368,17 @@ class Flow(nn.Module):
             return -self.log_prob(x, labels) if self.n_bits is None else self.bits_per_dim(x, labels)
         if self.n_bits is not None:
             return self.noisy_bits_per_dim(x, labels)
-        return -self.log_prob(x + self.noise_std * torch.randn_like(x), labels)
+        return -self.log_prob(self.training_input(x), labels)
+
+    def training_input(self, x: Tensor) -> Tensor:
+        """What the density sees in training for a data-module batch ``x``: uniformly dequantised images
+        (8-bit ``x``, `lgm.flow.discrete.dequantize_images`), noise-augmented images or points (flows with
+        ``noise_std``), else ``x`` itself. Data-dependent layers are initialised from it."""
+        if self.n_bits is not None:
+            if self.noise_std is None:
+                return dequantize_images(x, self.n_bits, self._float_dtype())
+            return noisy_images(x, self.n_bits, self.noise_std, self._float_dtype())
+        return x if self.noise_std is None else x + self.noise_std * torch.randn_like(x)
 
     def _dequantized_log_prob(self, x: Tensor, labels: Tensor | None) -> Tensor:
         """``log p(y) - log q(u | x)`` ``[B]`` for one draw ``u ~ q`` of ``n_bits``-bit images ``x``."""
@@ -408,17 +418,21 @@ class Flow(nn.Module):
         if not (temperature >= 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
         self.check_labels(labels, n)
-        if denoise is None:
-            denoise = self.noise_std is not None
+        denoise = self.denoises(denoise)
+        with torch.inference_mode():
+            y = self._draw(n, temperature, labels)
+        y = y.clone()  # outside inference mode: a normal tensor that autograd (denoising, callers) may use
+        return self._as_data(self.denoise(y, labels, denoise_step) if denoise else y)
+
+    def denoises(self, denoise: bool | None) -> bool:
+        """Whether `sample` denoises when asked ``denoise``: ``None`` means yes exactly for flows trained
+        with noise; ``True`` for a flow that was not is refused."""
         if denoise and self.noise_std is None:
             raise ValueError(
                 f"denoising needs a flow trained with Gaussian noise (noise_std), and this {type(self).__name__} "
                 "was not: sample with denoise=False (--no-denoise)"
             )
-        with torch.inference_mode():
-            y = self._draw(n, temperature, labels)
-        y = y.clone()  # outside inference mode: a normal tensor that autograd (denoising, callers) may use
-        return self._as_data(self.denoise(y, labels, denoise_step) if denoise else y)
+        return self.noise_std is not None if denoise is None else denoise
 
     def denoise(self, y: Tensor, labels: Tensor | None = None, step: float = 1.0) -> Tensor:
         """Tweedie's estimate of the clean data behind noisy ``y`` ``[B, *shape]`` (flows with ``noise_std``):

@@ -14,6 +14,7 @@ since (the tensors' names have not changed).
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 import torch
 
 from lgm.flow.base import Flow, plain_init_arg
+from lgm.flow.preprocess import Preprocessing
 from lgm.utils.files import atomic_save
 
 FORMAT_VERSION = 4
@@ -74,7 +76,7 @@ def flow_spec(flow: Flow) -> dict:
     return {
         "format": FORMAT_VERSION,
         "class_path": f"{cls.__module__}.{cls.__qualname__}",
-        "init_args": dict(init_args),
+        "init_args": copy.deepcopy(dict(init_args)),  # a spec never aliases the live model's arguments
     }
 
 
@@ -185,6 +187,10 @@ def upgrade_spec(spec: dict, source: str) -> dict:
             init_args["preprocessing"] = {k: flat.get(k) for k in PREPROCESSING_FIELDS}
     if version < 4:
         init_args = renamed_args(init_args, RENAMED_IN_FORMAT_4.get(class_path, {}))
+    if isinstance(init_args.get("preprocessing"), dict):
+        # Fields added to Preprocessing since the file was written (noise_std, dequantization) take the
+        # defaults that describe the model the file holds.
+        init_args["preprocessing"] = plain_init_arg(Preprocessing(**init_args["preprocessing"]))
     return {**spec, "format": FORMAT_VERSION, "init_args": init_args}
 
 

@@ -12,7 +12,6 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lgm.flow.base import DataInitialized, Flow
-from lgm.flow.discrete import dequantize_images, noisy_images
 from lgm.flow.io import check_compatible, flow_spec
 from lgm.flow.precision import resolve_precision
 from lgm.train.guard import TrainingDiverged, describe_nonfinite
@@ -364,7 +363,8 @@ class FlowModule(L.LightningModule):
                 self.flow.initialize(*self._initialization_batch())
 
     def _initialization_batch(self) -> tuple[Tensor, Tensor | None]:
-        """``init_samples`` training samples (dequantised for image flows) and their labels, on the model's device."""
+        """``init_samples`` training samples as training feeds the density (`Flow.training_input`) and their
+        labels, on the model's device."""
         if self.trainer.datamodule is None:
             raise RuntimeError(
                 "this flow has data-dependent layers: train it with a data module (trainer.fit(module, "
@@ -382,13 +382,7 @@ class FlowModule(L.LightningModule):
         n = self.init_samples
         x = torch.cat(xs)[:n].to(self.device)
         labels = torch.cat(ys)[:n].to(self.device) if self.flow.n_classes else None
-        # The data-dependent layers are set from what training feeds them: dequantised or noisy data.
-        noise_std, n_bits = self.flow.noise_std, self.flow.n_bits
-        if n_bits is not None:
-            x = dequantize_images(x, n_bits) if noise_std is None else noisy_images(x, n_bits, noise_std)
-        elif noise_std is not None:
-            x = x + noise_std * torch.randn_like(x)
-        return x, labels
+        return self.flow.training_input(x), labels
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         states = [checkpoint["state_dict"], checkpoint.get("current_model_state", {})]  # the latter with EMA
