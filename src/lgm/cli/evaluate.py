@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from lgm.cli.options import add_denoise_options, add_inception_runtime_option, add_network_precision_option
+from lgm.cli.options import (
+    add_denoise_options,
+    add_guidance_options,
+    add_inception_runtime_option,
+    add_network_precision_option,
+)
 from lgm.evaluate.features import SPLITS
 from lgm.evaluate.report import BASELINES, METRICS, EvalSettings, evaluate
 from lgm.flow.ode import SOLVERS
@@ -106,6 +111,7 @@ def evaluate_main(argv: list[str]) -> dict:
     add_network_precision_option(parser)
     add_inception_runtime_option(parser)
     add_denoise_options(parser)
+    add_guidance_options(parser)
     parser.add_argument("--no-figures", action="store_true", help="metrics only")
     parser.add_argument(
         "--out", default="report.json", help="JSON report; figures are written beside it (default report.json)"
@@ -146,6 +152,8 @@ def evaluate_main(argv: list[str]) -> dict:
         inception_runtime=args.inception_runtime,
         denoise=args.denoise,
         denoise_step=args.denoise_step,
+        guidance=args.guidance,
+        guidance_attention_temperature=args.guidance_attention_temperature,
     )
     try:
         report = evaluate(args.out, settings, ckpt=args.ckpt, baseline=args.baseline, draw=draw_report_figures)

@@ -33,6 +33,22 @@ def add_denoise_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_guidance_options(parser: argparse.ArgumentParser) -> None:
+    """``--guidance`` and ``--guidance-attention-temperature``: guided sampling (`lgm.flow.Flow.use_guidance`)."""
+    parser.add_argument(
+        "--guidance",
+        type=float,
+        default=0.0,
+        help="guidance scale w >= 0 (default 0, none): classifier-free guidance of class-conditional models, "
+        "attention guidance of unconditional ones (with --guidance-attention-temperature); TarFlow only",
+    )
+    parser.add_argument(
+        "--guidance-attention-temperature",
+        type=float,
+        help="attention temperature of the weak model that guidance moves away from (> 1 softens attention)",
+    )
+
+
 def add_inception_runtime_option(parser: argparse.ArgumentParser) -> None:
     """``--inception-runtime``: what runs the Inception network (`lgm.evaluate.features.inception_protocol`)."""
     parser.add_argument(

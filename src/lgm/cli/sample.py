@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from lgm.cli.options import add_denoise_options, add_network_precision_option
+from lgm.cli.options import add_denoise_options, add_guidance_options, add_network_precision_option
 from lgm.flow.discrete import quantize
 from lgm.flow.io import load
 from lgm.flow.ode import SOLVERS
@@ -36,6 +36,7 @@ def sample_main(argv: list[str]) -> Path:
     parser.add_argument("--steps", type=int, help="ODE solver steps, for continuous flows (default: the model's)")
     add_network_precision_option(parser)
     add_denoise_options(parser)
+    add_guidance_options(parser)
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error(f"--n must be at least 1, got {args.n}")
@@ -63,6 +64,11 @@ def sample_main(argv: list[str]) -> Path:
         try:
             flow.use_solver(args.solver, args.steps)
         except (ValueError, ModuleNotFoundError) as e:
+            parser.error(str(e))
+    if args.guidance or args.guidance_attention_temperature is not None:
+        try:
+            flow.use_guidance(args.guidance, args.guidance_attention_temperature)
+        except ValueError as e:
             parser.error(str(e))
     flow.use_network_precision(args.network_precision)
     torch.manual_seed(args.seed)

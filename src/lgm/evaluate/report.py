@@ -69,6 +69,8 @@ class EvalSettings:
     inception_runtime: str = "auto"
     denoise: bool | None = None
     denoise_step: float = 1.0
+    guidance: float = 0.0
+    guidance_attention_temperature: float | None = None
     select_temperatures: tuple[float, ...] = ()
     select_n: int = 1_000
     select_protocol: str = "inception"
@@ -146,6 +148,8 @@ def evaluate(
                 f"{list(arrays.x_test.shape[1:])}"
             )
         _use_solver(flow, settings)
+        if settings.guidance or settings.guidance_attention_temperature is not None:
+            flow.use_guidance(settings.guidance, settings.guidance_attention_temperature)
         flow.use_network_precision(settings.network_precision)
         settings = replace(settings, denoise=flow.denoises(settings.denoise))
         report["machine"] = machine_summary()

@@ -1,5 +1,5 @@
 """Normalising flows: transforms with exact inverses and log-determinants, priors, and models
-(NICE, RealNVP, Glow), and a continuous flow trained by flow matching (`FlowMatching`).
+(NICE, RealNVP, Glow, TarFlow), and a continuous flow trained by flow matching (`FlowMatching`).
 
 Direction convention: ``forward`` maps data -> latent and returns ``(z, log|det dz/dx|)``;
 ``inverse`` maps latent -> data. ``Flow.log_prob`` is in nats per sample.
@@ -41,6 +41,7 @@ from lgm.flow.priors import (
 )
 from lgm.flow.realnvp import RealNVP, VectorRealNVP
 from lgm.flow.scales import SCALE_MAPS, get_scale_map
+from lgm.flow.tarflow import TarFlow
 
 __all__ = [
     "ActNorm",
@@ -75,6 +76,7 @@ __all__ = [
     "StandardLogistic",
     "TopPrior",
     "Transform",
+    "TarFlow",
     "VectorGlow",
     "VectorRealNVP",
     "VariationalDequantizer",

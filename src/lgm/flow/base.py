@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from lgm.flow.discrete import check_images, dequantize, dequantize_images, noisy_images, reduce_bits
 from lgm.flow.latent import Capabilities, Latent
-from lgm.flow.precision import NETWORK_DTYPES, resolve_precision
+from lgm.flow.precision import NETWORK_DTYPES, resolve_precision, run_network
 
 
 class Transform(nn.Module):
@@ -39,6 +39,31 @@ class Transform(nn.Module):
 
     def inverse(self, z: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class NetworkTransform(Transform):
+    """A transform (a coupling, an autoregressive block) whose network ``net`` is run through `run_net`:
+    in the precision the run chose for its networks (``network_dtype``, see `lgm.flow.precision`), its
+    output returned in the input's dtype so that the transform's arithmetic and log-det stay in the
+    data's dtype, and with its activations recomputed in the backward pass when ``checkpoint_net`` is on.
+
+    ``checkpoint_net`` (default off) trades compute for memory in deep models: only the network's
+    input is stored, its intermediate activations are recomputed during backward. Neither switch
+    changes the saved weights, so both belong to the run, not to the model (`lgm.flow.Flow.configure_networks`,
+    `lgm.flow.Flow.use_network_precision`).
+    """
+
+    net: nn.Module
+    checkpoint_net: bool = False
+    network_dtype: torch.dtype | None = None
+
+    def run_net(self, *inputs: Tensor | None) -> Tensor:
+        """``net(*inputs)`` in the run's network precision, in the first input's dtype."""
+        if self.checkpoint_net and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(
+                run_network, self.net, self.network_dtype, *inputs, use_reentrant=False
+            )
+        return run_network(self.net, self.network_dtype, *inputs)
 
 
 class Compose(Transform):
@@ -150,11 +175,12 @@ class Flow(nn.Module):
     * ``sample(n, temperature, labels, denoise)`` ``[n, *shape]``; ``denoise(y, labels)`` for flows
       trained with noise;
     * ``encode(x, labels) -> Latent``, ``decode(latent, labels) -> x``, ``interpolate``, ``standardize``;
-    * ``bijection(x) -> (Latent, logdet)`` for flows with an exact inverse (what `check_invertible` checks);
+    * ``bijection(x, labels) -> (Latent, logdet)`` for flows with an exact inverse (what `check_invertible` checks);
     * ``initialize(x, labels)``: the data-dependent layers, once;
     * ``capabilities`` (see `lgm.flow.latent.Capabilities`), ``latent_shapes``, and the hooks
-      ``use_solver``, ``solver_info``, ``likelihood_info``, ``per_dimension_log_scale``,
-      ``configure_networks``, which do nothing (or refuse) where a family has no such thing.
+      ``use_solver``, ``solver_info``, ``likelihood_info``, ``use_guidance``, ``guidance_info``,
+      ``per_dimension_log_scale``, ``configure_networks``, which do nothing (or refuse) where a family
+      has no such thing.
 
     Args:
         transform: the bijection, data -> latent (preprocessing included, see `lgm.flow.preprocess`).
@@ -278,8 +304,9 @@ class Flow(nn.Module):
                 f"returns it; wrap a tensor z as lgm.flow.Latent(z)), got {given}"
             )
 
-    def bijection(self, x: Tensor) -> tuple[Latent, Tensor]:
-        """The whole bijection without the prior: data ``x`` -> ``(latent, log|det d latent / dx|)``."""
+    def bijection(self, x: Tensor, labels: Tensor | None = None) -> tuple[Latent, Tensor]:
+        """The whole bijection without the prior: data ``x`` -> ``(latent, log|det d latent / dx|)``
+        (``labels`` only for families whose bijection depends on the class)."""
         z, logdet = self.transform(x)
         return Latent(z), logdet
 
@@ -468,7 +495,7 @@ class Flow(nn.Module):
 
     def _network_transforms(self) -> list[nn.Module]:
         # Transforms that run a network declare it as ``net``, with the switch ``checkpoint_net``
-        # (`lgm.flow.coupling.NetworkCoupling`).
+        # (`NetworkTransform`).
         return [
             m for m in self.modules() if hasattr(m, "checkpoint_net") and isinstance(getattr(m, "net", None), nn.Module)
         ]
@@ -511,6 +538,14 @@ class Flow(nn.Module):
     def solver_info(self) -> dict[str, Any]:
         """How the latest sampling or encoding was integrated (solver, steps, velocity evaluations);
         ``{}`` without a solver."""
+        return {}
+
+    def use_guidance(self, scale: float = 0.0, attention_temperature: float | None = None) -> None:
+        """Guide sampling with ``scale`` (flows with ``capabilities.guidance``; see the family's own)."""
+        raise ValueError(f"{type(self).__name__} has no guided sampling: drop the guidance options")
+
+    def guidance_info(self) -> dict[str, Any]:
+        """How sampling is guided (scale and the family's settings); ``{}`` without guidance."""
         return {}
 
     def likelihood_info(self) -> dict[str, Any]:

@@ -46,7 +46,7 @@ class InvertibilityReport:
         return self.roundtrip_error <= roundtrip_tol and self.logdet_error <= logdet_tol
 
 
-def latents_and_logdet(flow: Flow, x: Tensor) -> tuple[Tensor, Tensor]:
+def latents_and_logdet(flow: Flow, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The flow's whole bijection: data ``x`` -> its latent, every level flattened and concatenated
     ``[B, D]``, and ``log|det|`` ``[B]`` (the priors excluded). Only for flows with an exact inverse."""
     if not flow.capabilities.exact_inverse:
@@ -54,12 +54,13 @@ def latents_and_logdet(flow: Flow, x: Tensor) -> tuple[Tensor, Tensor]:
             f"{type(flow).__name__} is invertible only up to its ODE solver's error and has no closed-form "
             "log-det to check: compare decode(encode(x)) with x as the solver's steps grow instead"
         )
-    latent, logdet = flow.bijection(x)
+    latent, logdet = flow.bijection(x, labels)
     return latent.flatten(), logdet
 
 
-def check_invertible(flow: Flow, x: Tensor, n_jacobian: int = 8) -> InvertibilityReport:
-    """Check ``flow`` on data ``x`` (``[B, *flow.shape]`` in its data space).
+def check_invertible(flow: Flow, x: Tensor, n_jacobian: int = 8, labels: Tensor | None = None) -> InvertibilityReport:
+    """Check ``flow`` on data ``x`` (``[B, *flow.shape]`` in its data space, with ``labels`` ``[B]`` for
+    families whose bijection depends on the class).
 
     ``roundtrip_error = max |inverse(forward(x)) - x|`` over all of ``x`` (through every latent of a
     multi-scale flow); ``logdet_error = max |logdet - log|det J||`` over the first ``n_jacobian``
@@ -68,7 +69,19 @@ def check_invertible(flow: Flow, x: Tensor, n_jacobian: int = 8) -> Invertibilit
     """
     flow.check_input(x)
     with torch.no_grad():
-        roundtrip = (flow.decode(flow.encode(x)) - x).abs().max().item()
-        logdet = latents_and_logdet(flow, x[:n_jacobian])[1]
-    brute = jacobian_logdet(lambda v: latents_and_logdet(flow, v), x[:n_jacobian])
+        roundtrip = (flow.decode(flow.encode(x, labels), labels) - x).abs().max().item()
+        logdet = latents_and_logdet(flow, x[:n_jacobian], _rows(labels, slice(0, n_jacobian)))[1]
+    brute = torch.cat(
+        [
+            jacobian_logdet(lambda v, i=i: latents_and_logdet(flow, v, _rows(labels, i)), x[i : i + 1])
+            for i in range(min(n_jacobian, len(x)))
+        ]
+    )
     return InvertibilityReport(roundtrip, (brute - logdet).abs().max().item())
+
+
+def _rows(labels: Tensor | None, rows: int | slice) -> Tensor | None:
+    """``labels[rows]`` as a batch (``None`` stays ``None``)."""
+    if labels is None:
+        return None
+    return labels[rows : rows + 1] if isinstance(rows, int) else labels[rows]

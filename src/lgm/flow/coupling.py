@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lgm.flow.base import Transform
-from lgm.flow.precision import run_network
+from lgm.flow.base import NetworkTransform
 from lgm.flow.scales import get_scale_map
 
 PARTITIONS = ("even_odd", "halves")
@@ -44,31 +43,7 @@ def check_partition(dim: int, partition: str) -> None:
 MASKS = ("channel", "checkerboard")
 
 
-class NetworkCoupling(Transform):
-    """A coupling whose network is run through `run_net`: in the precision the run chose for its
-    networks (``network_dtype``, see `lgm.flow.precision`), its output returned in the input's dtype so
-    that the coupling's arithmetic and log-det stay in the data's dtype, and with its activations
-    recomputed in the backward pass when ``checkpoint_net`` is on.
-
-    ``checkpoint_net`` (default off) trades compute for memory in deep models: only the network's
-    input is stored, its intermediate activations are recomputed during backward. Neither switch
-    changes the saved weights, so both belong to the run, not to the model (`lgm.flow.Flow.configure_networks`,
-    `lgm.flow.Flow.use_network_precision`).
-    """
-
-    net: nn.Module
-    checkpoint_net: bool = False
-    network_dtype: torch.dtype | None = None
-
-    def run_net(self, kept: Tensor) -> Tensor:
-        if self.checkpoint_net and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(
-                run_network, self.net, self.network_dtype, kept, use_reentrant=False
-            )
-        return run_network(self.net, self.network_dtype, kept)
-
-
-class VectorCoupling(NetworkCoupling):
+class VectorCoupling(NetworkTransform):
     """The part of a coupling on flat vectors ``[B, dim]`` that decides which half is kept and which changed.
 
     Args:
@@ -147,7 +122,7 @@ def checkerboard(height: int, width: int, parity: int) -> Tensor:
     return (grid % 2 == 0).float()[None, None]
 
 
-class ImageCoupling(NetworkCoupling):
+class ImageCoupling(NetworkTransform):
     """Coupling on images (RealNVP, Glow): affine, ``z_b = x_b * s + t``, ``z_a = x_a``, with
     ``(h, t) = net(x_a)`` and ``s = positivity map(h)``, ``logdet = sum over x_b of log s``; or,
     with ``affine=False``, additive, ``z_b = x_b + t`` (Glow's additive coupling, ``logdet = 0``).

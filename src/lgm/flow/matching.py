@@ -243,7 +243,7 @@ class FlowMatching(Flow):
         y0, ode_logdet = self._integrate_with_logdet(y, labels)
         return self.prior.log_prob(y0) + ode_logdet + pre_logdet
 
-    def bijection(self, x: Tensor) -> tuple[Latent, Tensor]:
+    def bijection(self, x: Tensor, labels: Tensor | None = None) -> tuple[Latent, Tensor]:
         raise ValueError(
             "a continuous flow (FlowMatching) is invertible only up to its ODE solver's error and has no "
             "closed-form log-det to check: compare decode(encode(x)) with x as model.steps grows instead"

@@ -86,7 +86,7 @@ class MultiScaleFlow(Flow):
         latents.append(h)
         return latents, kept, logdet
 
-    def bijection(self, x: Tensor) -> tuple[Latent, Tensor]:
+    def bijection(self, x: Tensor, labels: Tensor | None = None) -> tuple[Latent, Tensor]:
         latents, _, logdet = self._forward_levels(x)
         return Latent(latents), logdet
 
