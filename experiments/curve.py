@@ -25,7 +25,13 @@ from pathlib import Path
 
 import torch
 
-from lgm.cli.options import add_denoise_options, add_inception_runtime_option, add_network_precision_option
+from lgm.cli.evaluate import parse_candidates
+from lgm.cli.options import (
+    add_denoise_options,
+    add_guidance_options,
+    add_inception_runtime_option,
+    add_network_precision_option,
+)
 from lgm.evaluate.report import EvalSettings, evaluate
 from lgm.flow.ode import SOLVERS
 
@@ -66,6 +72,7 @@ def _values(report: dict) -> dict:
         "bpd": m["bpd"]["value"],
         "bpd_images": m["bpd"]["images"],
         "temperature": report["settings"]["temperature"],
+        "guidance": report["settings"].get("guidance", 0.0),
         "inception_fid": inception["fid"],
         "inception_kid": inception["kid"],
         "precision": inception["precision"],
@@ -83,7 +90,7 @@ def table(rows: list[dict]) -> str:
         "training time",
         "steps",
         "test bits/dim",
-        "T (chosen on val)",
+        "T, guidance w (chosen on val)" if any(r["guidance"] for r in rows) else "T (chosen on val)",
         "Inception FID",
         "Inception KID x 1e3",
         "Inception precision / recall",
@@ -93,7 +100,7 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in rows:
         lines.append(
-            f"| {r['run']} | {r['minutes']:g} min | {r['steps']:,} | {r['bpd']:.3f} | {r['temperature']:g} | "
+            f"| {r['run']} | {r['minutes']:g} min | {r['steps']:,} | {r['bpd']:.3f} | {_sampling(r)} | "
             f"{r['inception_fid']:.1f} | {r['inception_kid'] * 1e3:.2f} | {r['precision']:.3f} / {r['recall']:.3f} | "
             f"{r['fid']:.1f} | {r['is']:.2f} |"
         )
@@ -106,6 +113,10 @@ def table(rows: list[dict]) -> str:
                 f"**{_spread(at, 'inception_fid', 1)}** | | | {_spread(at, 'fid', 1)} | {_spread(at, 'is', 2)} |"
             )
     return "\n".join(lines)
+
+
+def _sampling(row: dict) -> str:
+    return f"{row['temperature']:g}, w {row['guidance']:g}" if row["guidance"] else f"{row['temperature']:g}"
 
 
 def _spread(rows: list[dict], key: str, digits: int) -> str:
@@ -132,11 +143,20 @@ def main(argv: list[str] | None = None) -> None:
     add_network_precision_option(p)
     add_inception_runtime_option(p)
     add_denoise_options(p)
+    add_guidance_options(p)
+    p.add_argument(
+        "--select-guidance",
+        metavar="W1,W2,...",
+        help="choose the guidance scale on the validation split too, at the chosen temperature (replaces --guidance)",
+    )
     p.add_argument("--data-dir", help="folder with the data (default $LGM_DATA_DIR)")
     args = p.parse_args(argv)
     missing = [str(r) for r in args.runs if not snapshots(r)]
     if missing:
         p.error(f"no snapshot-<M>min.ckpt in {', '.join(missing)}: train with --snapshots.minutes [...]")
+    if args.guidance and args.select_guidance:
+        p.error("give either --guidance or --select-guidance, not both")
+    guidances = parse_candidates(p, "--select-guidance", args.select_guidance)
     settings = EvalSettings(
         data=args.data,
         metrics=METRICS,
@@ -154,7 +174,10 @@ def main(argv: list[str] | None = None) -> None:
         inception_runtime=args.inception_runtime,
         denoise=args.denoise,
         denoise_step=args.denoise_step,
+        guidance=args.guidance,
+        guidance_attention_temperature=args.guidance_attention_temperature,
         select_temperatures=TEMPERATURES,
+        select_guidances=guidances,
         select_n=args.select_n,
         select_protocol=args.select_protocol,
     )

@@ -523,6 +523,46 @@ def test_evaluate_selects_the_temperature_with_the_lowest_validation_fid(tmp_pat
         ] == pytest.approx(value)
 
 
+def test_evaluate_selects_the_guidance_scale_at_the_chosen_temperature(tmp_path, capsys):
+    from lgm.evaluate.features import get_protocol
+    from lgm.evaluate.quality import generate, quality_metrics, reference_features
+    from lgm.flow import TarFlow, load
+
+    data = fake_data(tmp_path, n_train=400)
+    weights = tmp_path / "classifier.pt"
+    save_classifier(classifier_for("fashion_mnist"), weights)
+    torch.manual_seed(0)
+    flow = TarFlow((1, 28, 28), patch_size=7, blocks=2, layers=1, width=16, heads=2, n_classes=10)
+    for block in flow.blocks:
+        torch.nn.init.normal_(block.net.output.weight, std=0.1)  # a model that guidance changes
+    save(flow, tmp_path / "tarflow.pt")
+    common = ["--data", "fashion_mnist", "--data-dir", str(data), "--metrics", "fid", "--n-samples", "20"]
+    common += ["--select-n", "30", "--select-protocol", "classifier", "--classifier-weights", str(weights)]
+    report = main_report(
+        tmp_path / "r.json",
+        ["--ckpt", str(tmp_path / "tarflow.pt"), *common, "--select-temperature", "0.5,1", "--select-guidance", "0,2"]
+        + ["--no-figures"],
+    )
+    temperature, guidance = report["temperature_selection"], report["guidance_selection"]
+    assert set(guidance["fid"]) == {"0.0", "2.0"} and len(set(guidance["fid"].values())) == 2
+    assert report["settings"]["guidance"] == guidance["chosen"] == float(min(guidance["fid"], key=guidance["fid"].get))
+    # Guidance is chosen at the chosen temperature: its FID at the unguided candidate repeats the temperature's.
+    assert guidance["fid"]["0.0"] == pytest.approx(temperature["fid"][str(float(temperature["chosen"]))])
+    loaded, protocol = load(tmp_path / "tarflow.pt"), get_protocol("classifier", "fashion_mnist", weights)
+    loaded.use_guidance(2.0)
+    reference = reference_features(protocol, "fashion_mnist", "val", 30, str(data))
+    images = generate(loaded, 30, temperature["chosen"], seed=1)
+    assert quality_metrics(images, protocol, reference, ("fid",))["fid"] == pytest.approx(guidance["fid"]["2.0"])
+    for args, message in [
+        (["--ckpt", str(tmp_path / "tarflow.pt"), "--guidance", "1", "--select-guidance", "0,1"], "not both"),
+        (["--ckpt", str(tmp_path / "tarflow.pt"), "--select-guidance", "0,-1"], "guidance scales must be non-negative"),
+        (["--ckpt", str(tiny_models(data, tmp_path)["glow"]), "--select-guidance", "0,1"], "has none"),
+    ]:
+        with pytest.raises(SystemExit):
+            main(["evaluate", *args, *common, "--out", str(tmp_path / "bad.json")])
+        assert message in capsys.readouterr().err and not (tmp_path / "bad.json").exists()
+
+
 def test_temperature_selection_errors_name_the_fix(tmp_path, capsys):
     data = fake_data(tmp_path, n_train=400)
     ckpt = tiny_models(data, tmp_path)["glow"]

@@ -63,6 +63,14 @@ def evaluate_main(argv: list[str]) -> dict:
         ),
     )
     parser.add_argument(
+        "--select-guidance",
+        metavar="W1,W2,...",
+        help=(
+            "choose the guidance scale (models with guided sampling) the same way, at the chosen temperature "
+            "(e.g. 0,0.5,1,2); replaces --guidance"
+        ),
+    )
+    parser.add_argument(
         "--select-n",
         type=int,
         default=1_000,
@@ -123,10 +131,10 @@ def evaluate_main(argv: list[str]) -> dict:
         parser.error(str(e))
     if args.temperature is not None and args.select_temperature:
         parser.error("give either --temperature or --select-temperature, not both")
-    try:
-        candidates = tuple(float(t) for t in args.select_temperature.split(",")) if args.select_temperature else ()
-    except ValueError:
-        parser.error(f"--select-temperature takes comma-separated numbers, got {args.select_temperature!r}")
+    if args.guidance and args.select_guidance:
+        parser.error("give either --guidance or --select-guidance, not both")
+    candidates = parse_candidates(parser, "--select-temperature", args.select_temperature)
+    guidances = parse_candidates(parser, "--select-guidance", args.select_guidance)
 
     settings = EvalSettings(
         data=args.data,
@@ -136,6 +144,7 @@ def evaluate_main(argv: list[str]) -> dict:
         seed=args.seed,
         temperature=1.0 if args.temperature is None else args.temperature,
         select_temperatures=candidates,
+        select_guidances=guidances,
         select_n=args.select_n,
         select_protocol=args.select_protocol,
         reference=args.reference,
@@ -165,8 +174,21 @@ def evaluate_main(argv: list[str]) -> dict:
         print(
             f"temperature {selection['chosen']} chosen on the validation split; FID by temperature: {selection['fid']}"
         )
+    if report.get("guidance_selection"):
+        selection = report["guidance_selection"]
+        print(f"guidance {selection['chosen']} chosen on the validation split; FID by guidance: {selection['fid']}")
     if report.get("sampling"):
         print("sampling", report["sampling"])
     for protocol, values in report["metrics"].items():
         print(protocol, {k: v for k, v in (values or {}).items() if k != "protocol"})
     return report
+
+
+def parse_candidates(parser: argparse.ArgumentParser, option: str, value: str | None) -> tuple[float, ...]:
+    """The comma-separated numbers of ``option`` (``()`` when not given); a one-line error otherwise."""
+    if not value:
+        return ()
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        parser.error(f"{option} takes comma-separated numbers, got {value!r}")

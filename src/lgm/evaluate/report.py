@@ -72,6 +72,7 @@ class EvalSettings:
     guidance: float = 0.0
     guidance_attention_temperature: float | None = None
     select_temperatures: tuple[float, ...] = ()
+    select_guidances: tuple[float, ...] = ()
     select_n: int = 1_000
     select_protocol: str = "inception"
     figure_temperatures: tuple[float, ...] = field(default=(0.0, 0.5, 0.7, 0.85, 1.0))
@@ -90,6 +91,8 @@ class EvalSettings:
             raise ValueError(f"reference must be one of {', '.join(SPLITS)}, got {self.reference!r}")
         if any(t < 0 for t in self.select_temperatures):
             raise ValueError(f"temperatures must be non-negative, got {list(self.select_temperatures)}")
+        if any(not w >= 0 for w in self.select_guidances):
+            raise ValueError(f"guidance scales must be non-negative, got {list(self.select_guidances)}")
         if self.select_n < 10:
             raise ValueError(f"select_n must be at least 10, got {self.select_n}")
         if self.select_protocol not in ("classifier", "inception"):
@@ -148,8 +151,9 @@ def evaluate(
                 f"{list(arrays.x_test.shape[1:])}"
             )
         _use_solver(flow, settings)
-        if settings.guidance or settings.guidance_attention_temperature is not None:
-            flow.use_guidance(settings.guidance, settings.guidance_attention_temperature)
+        if settings.select_guidances and not flow.capabilities.guidance:
+            raise ValueError(f"guidance selection needs a model with guided sampling; {type(flow).__name__} has none")
+        _use_guidance(flow, settings.guidance, settings.guidance_attention_temperature)
         flow.use_network_precision(settings.network_precision)
         settings = replace(settings, denoise=flow.denoises(settings.denoise))
         report["machine"] = machine_summary()
@@ -162,8 +166,8 @@ def evaluate(
     else:
         if baseline not in BASELINES:
             raise ValueError(f"unknown baseline {baseline!r}; choose among {', '.join(BASELINES)}")
-        if settings.select_temperatures:
-            raise ValueError("temperature selection needs a model (--ckpt), not a baseline")
+        if settings.select_temperatures or settings.select_guidances:
+            raise ValueError("temperature or guidance selection needs a model (--ckpt), not a baseline")
         report["model"] = {"baseline": baseline}
 
     # Protocols first: a missing extra or classifier should fail before any long computation.
@@ -181,6 +185,11 @@ def evaluate(
         selection = stages.run("temperature_selection", lambda: select_temperature(flow, settings))
         report["temperature_selection"] = selection
         settings = replace(settings, temperature=selection["chosen"])
+    if flow is not None and settings.select_guidances:
+        selection = stages.run("guidance_selection", lambda: select_guidance(flow, settings))
+        report["guidance_selection"] = selection
+        settings = replace(settings, guidance=selection["chosen"])
+        _use_guidance(flow, settings.guidance, settings.guidance_attention_temperature)
     report["settings"] = {k: v for k, v in asdict(settings).items() if k not in ("data", "data_dir")}
     if flow is not None:
         report["sampling"] = {}
@@ -244,31 +253,60 @@ class FinishedStages:
 
 def select_temperature(flow: Flow, settings: EvalSettings) -> dict:
     """The temperature among ``settings.select_temperatures`` whose samples score the lowest FID against the
-    validation split (`real_images`' ``val``: images that training held out, never the test set).
+    validation split (`real_images`' ``val``: images that training held out, never the test set), at
+    the guidance ``settings.guidance``.
 
     Each candidate draws ``select_n`` samples (seed ``settings.seed + 1``, apart from the samples that
     are scored afterwards) and is compared with ``select_n`` validation images in the
     ``select_protocol``. Returns ``{"split", "protocol", "n", "seed", "fid": {temperature: FID}, "chosen"}``.
     """
+    return _select_on_validation(flow, settings, {t: (t, settings.guidance) for t in settings.select_temperatures})
+
+
+def select_guidance(flow: Flow, settings: EvalSettings) -> dict:
+    """The guidance scale among ``settings.select_guidances`` with the lowest validation FID at the
+    temperature ``settings.temperature`` (the chosen one, when temperatures are selected first): the
+    same protocol and result as `select_temperature`, keyed by guidance scale."""
+    return _select_on_validation(flow, settings, {w: (settings.temperature, w) for w in settings.select_guidances})
+
+
+def _select_on_validation(flow: Flow, settings: EvalSettings, candidates: dict) -> dict:
+    """The key of ``candidates`` (``{key: (temperature, guidance)}``) whose samples score the lowest FID
+    against ``select_n`` validation images; the flow's guidance is restored afterwards."""
     protocol = get_protocol(
         settings.select_protocol, settings.data, settings.classifier_weights, settings.inception_runtime
     )
     reference = reference_features(protocol, settings.data, "val", settings.select_n, settings.data_dir)
     fids = {}
-    for t in settings.select_temperatures:
-        images = generate(
-            flow, settings.select_n, t, settings.seed + 1, denoise=settings.denoise, denoise_step=settings.denoise_step
-        )
-        fids[t] = quality_metrics(images, protocol, reference, ("fid",))["fid"]
+    try:
+        for key, (temperature, guidance) in candidates.items():
+            _use_guidance(flow, guidance, settings.guidance_attention_temperature)
+            images = generate(
+                flow,
+                settings.select_n,
+                temperature,
+                settings.seed + 1,
+                denoise=settings.denoise,
+                denoise_step=settings.denoise_step,
+            )
+            fids[key] = quality_metrics(images, protocol, reference, ("fid",))["fid"]
+    finally:
+        _use_guidance(flow, settings.guidance, settings.guidance_attention_temperature)
     chosen = min(fids, key=fids.get)
     return {
         "split": "val",
         "protocol": protocol.identity,
         "n": settings.select_n,
         "seed": settings.seed + 1,
-        "fid": {str(t): v for t, v in fids.items()},
+        "fid": {str(k): v for k, v in fids.items()},
         "chosen": chosen,
     }
+
+
+def _use_guidance(flow: Flow, scale: float, attention_temperature: float | None) -> None:
+    """Guide ``flow``'s sampling (refused by families without guidance); no guidance needs no call."""
+    if scale or attention_temperature is not None or flow.capabilities.guidance:
+        flow.use_guidance(scale, attention_temperature)
 
 
 def _use_solver(flow: Flow, settings: EvalSettings) -> None:
