@@ -149,7 +149,13 @@ def _openvino_network(net: torch.jit.ScriptModule) -> Callable[[Tensor], Tensor]
 
     example = torch.zeros(1, 3, INCEPTION_SIZE, INCEPTION_SIZE)
     model = openvino.convert_model(net, example_input=example)
-    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    # No pinning: OpenVINO would pin every process's inference thread to the first cores, so that two
+    # evaluations side by side (one thread each) shared one core at half speed.
+    config = {
+        "INFERENCE_PRECISION_HINT": "f32",
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "ENABLE_CPU_PINNING": False,
+    }
     compiled = openvino.Core().compile_model(model, "CPU", config)
     request = compiled.create_infer_request()
 
