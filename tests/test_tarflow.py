@@ -153,7 +153,7 @@ def test_sampling_with_guidance_temperature_and_denoising():
     torch.manual_seed(0)
     plain = flow.sample(4, temperature=0.8, labels=labels, denoise=False)
     flow.use_guidance(2.0)
-    assert flow.guidance_info() == {"guidance": 2.0, "attention_temperature": None}
+    assert (flow.guidance, flow.attention_temperature) == (2.0, None)
     torch.manual_seed(0)
     guided = flow.sample(4, temperature=0.8, labels=labels, denoise=False)
     assert guided.shape == (4, 1, 4, 4) and (guided - plain).abs().max() > 1e-3

@@ -178,7 +178,7 @@ class Flow(nn.Module):
     * ``bijection(x, labels) -> (Latent, logdet)`` for flows with an exact inverse (what `check_invertible` checks);
     * ``initialize(x, labels)``: the data-dependent layers, once;
     * ``capabilities`` (see `lgm.flow.latent.Capabilities`), ``latent_shapes``, and the hooks
-      ``use_solver``, ``solver_info``, ``likelihood_info``, ``use_guidance``, ``guidance_info``,
+      ``use_solver``, ``solver_info``, ``likelihood_info``, ``use_guidance``,
       ``per_dimension_log_scale``, ``configure_networks``, which do nothing (or refuse) where a family
       has no such thing.
 
@@ -543,10 +543,6 @@ class Flow(nn.Module):
     def use_guidance(self, scale: float = 0.0, attention_temperature: float | None = None) -> None:
         """Guide sampling with ``scale`` (flows with ``capabilities.guidance``; see the family's own)."""
         raise ValueError(f"{type(self).__name__} has no guided sampling: drop the guidance options")
-
-    def guidance_info(self) -> dict[str, Any]:
-        """How sampling is guided (scale and the family's settings); ``{}`` without guidance."""
-        return {}
 
     def likelihood_info(self) -> dict[str, Any]:
         """How `log_prob` is computed, where there is a choice (solver, steps, divergence estimate); ``{}`` if exact."""

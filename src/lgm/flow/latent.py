@@ -78,7 +78,7 @@ class Capabilities:
             ``solver_info`` and ``likelihood_info`` say and set how.
         objective: what ``objective`` minimises, its name in logs: ``"likelihood"`` (the negative
             log-likelihood, bits/dim for images) or the name of another loss (``"fm"``).
-        guidance: sampling can be guided (``use_guidance``, ``guidance_info``): classifier-free guidance
+        guidance: sampling can be guided (``use_guidance``): classifier-free guidance
             of class-conditional models, or the family's own guidance of unconditional ones.
     """
 

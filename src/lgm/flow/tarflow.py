@@ -86,16 +86,17 @@ class KeyValueCache:
     """The attention keys and values of the tokens decoded so far, one ``[B, heads, T, head_dim]``
     buffer pair per layer, filled one position at a time (`CausalTransformer.step`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
         self.keys: list[Tensor] = []
         self.values: list[Tensor] = []
         self.length = 0
 
-    def extend(self, layer: int, keys: Tensor, values: Tensor, capacity: int) -> tuple[Tensor, Tensor]:
+    def extend(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         """Store one position's ``keys, values`` ``[B, heads, 1, head_dim]`` of ``layer``; return all so far."""
         if layer == len(self.keys):
-            self.keys.append(keys.new_empty(*keys.shape[:2], capacity, keys.shape[3]))
-            self.values.append(values.new_empty(*values.shape[:2], capacity, values.shape[3]))
+            self.keys.append(keys.new_empty(*keys.shape[:2], self.capacity, keys.shape[3]))
+            self.values.append(values.new_empty(*values.shape[:2], self.capacity, values.shape[3]))
         self.keys[layer][:, :, self.length] = keys[:, :, 0]
         self.values[layer][:, :, self.length] = values[:, :, 0]
         return self.keys[layer][:, :, : self.length + 1], self.values[layer][:, :, : self.length + 1]
@@ -122,7 +123,6 @@ class TransformerLayer(nn.Module):
         attention_temperature: float = 1.0,
         cache: KeyValueCache | None = None,
         layer: int = 0,
-        capacity: int = 0,
     ) -> Tensor:
         """``h`` ``[B, T, width]``; with ``cache``, ``h`` is the one position ``cache.length`` ``[B, 1, width]``
         and attends to the cached positions before it and itself."""
@@ -133,7 +133,7 @@ class TransformerLayer(nn.Module):
         if cache is None:
             attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
         else:
-            k, v = cache.extend(layer, k, v, capacity)
+            k, v = cache.extend(layer, k, v)
             attended = F.scaled_dot_product_attention(q, k, v, scale=scale)
         h = h + self.attention_out(attended.transpose(1, 2).reshape(b, t, width))
         return h + self.mlp(self.mlp_norm(h))
@@ -192,7 +192,7 @@ class CausalTransformer(nn.Module):
         i = cache.length
         h = self._embed(x, slice(i, i + 1), classes)
         for index, layer in enumerate(self.layers):
-            h = layer(h, attention_temperature, cache, index, self.tokens)
+            h = layer(h, attention_temperature, cache, index)
         cache.length += 1
         return self.output(self.norm(h))
 
@@ -238,7 +238,7 @@ class AutoregressiveBlock(NetworkTransform):
         x = torch.empty_like(z)
         first = self.first.to(z.dtype).expand(b, 1, -1)
         params = first
-        caches = (KeyValueCache(), KeyValueCache())
+        caches = (KeyValueCache(t), KeyValueCache(t))
         for i in range(t):
             shift, log_scale = params.chunk(2, dim=-1)
             x[:, i : i + 1] = z[:, i : i + 1] * torch.exp(log_scale) + shift
@@ -357,9 +357,6 @@ class TarFlow(Flow):
             )
         self.guidance = float(scale)
         self.attention_temperature = attention_temperature
-
-    def guidance_info(self) -> dict:
-        return {"guidance": self.guidance, "attention_temperature": self.attention_temperature}
 
     # -- the bijection -------------------------------------------------------------------------------
 
