@@ -1,12 +1,14 @@
 """Sampling throughput of trained models (any checkpoints or saved models), side by side.
 
     python -m benchmarks.checkpoint_sampling --ckpt NICE=nice.ckpt --ckpt FM=fm.ckpt \\
-        [--threads 1] [--repeats 5] [--n 100] [--temperature 1.0] [--solver midpoint --steps 16]
+        [--threads 1] [--repeats 5] [--n 100] [--temperature 1.0] [--solver midpoint --steps 16] \
+        [--time-shift 1.0] [--guidance 1.0]
 
 Prints a markdown table of images/s: the median of ``--repeats`` timings of one call drawing ``--n``
 images, the models measured in turns (interleaved) so that a load on the machine hits all alike.
-``--solver``/``--steps`` set the ODE solver of continuous flows (`FlowMatching`) and are ignored by
-the others, whose sampling is one pass through the inverse flow.
+``--solver``/``--steps``/``--time-shift`` set the sampler of continuous flows (`FlowMatching`,
+`MeanFlow`) and are ignored by the others, whose sampling is one pass through the inverse flow;
+``--guidance`` applies to models with guided sampling. Class-conditional models draw the classes in turn.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import argparse
 import torch
 
 from benchmarks.common import interleaved_rates, machine_line, markdown_table, n_parameters
+from lgm.cli.options import add_sampler_options
 from lgm.flow import load
-from lgm.flow.ode import SOLVERS
 
 
 def main() -> None:
@@ -29,8 +31,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5, help="timed calls per model; the median is reported")
     p.add_argument("--n", type=int, default=100, help="images per sampling call (default 100)")
     p.add_argument("--temperature", type=float, default=1.0, help="prior temperature (default 1.0)")
-    p.add_argument("--solver", choices=SOLVERS, help="ODE solver of continuous flows (default: the model's)")
-    p.add_argument("--steps", type=int, help="ODE solver steps of continuous flows (default: the model's)")
+    add_sampler_options(p)
+    p.add_argument("--guidance", type=float, default=1.0, help="guidance scale of guided models (default 1: none)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     models = {}
@@ -40,8 +42,13 @@ def main() -> None:
             p.error(f"--ckpt takes NAME=PATH, got {spec!r}")
         models[name] = load(path).eval()
         if models[name].capabilities.solver:
-            models[name].use_solver(args.solver, args.steps)
-    calls = {name: (lambda m=m: m.sample(args.n, temperature=args.temperature)) for name, m in models.items()}
+            models[name].use_solver(args.solver, args.steps, args.time_shift)
+        if models[name].capabilities.guidance:
+            models[name].use_guidance(args.guidance)
+    calls = {
+        name: (lambda m=m: m.sample(args.n, temperature=args.temperature, labels=_labels(m, args.n)))
+        for name, m in models.items()
+    }
     rates = interleaved_rates(calls, args.n, args.repeats, warmup=1)
     fastest = max(rates.values())
     rows = [
@@ -61,10 +68,16 @@ def main() -> None:
     print(markdown_table(["model", "class", "parameters", "images/s", "relative to the fastest"], rows))
 
 
+def _labels(model, n: int) -> torch.Tensor | None:
+    """The classes in turn for a class-conditional model, else None."""
+    return torch.arange(n) % model.n_classes if model.n_classes else None
+
+
 def _cost(model) -> str:
     info = model.solver_info()
+    guided = f", guidance {model.guidance:g}" if model.guidance != 1 else ""
     return (
-        f" ({info['solver']}, {info['steps']} steps, {info['velocity_evaluations']} velocity evaluations)"
+        f" ({info['solver']}, {info['steps']} steps, {info['network_evaluations']} network evaluations{guided})"
         if info
         else ""
     )

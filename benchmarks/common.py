@@ -221,7 +221,8 @@ def sides(config: Config) -> list[Side]:
 
 
 def n_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    """The trainable parameters (a distilled model's frozen teacher is no part of it)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,9 +31,10 @@ from lgm.cli.options import (
     add_guidance_options,
     add_inception_runtime_option,
     add_network_precision_option,
+    add_sampler_options,
 )
 from lgm.evaluate.report import EvalSettings, evaluate
-from lgm.flow.ode import SOLVERS
+from lgm.flow.guidance import NO_GUIDANCE
 
 TEMPERATURES = (0.6, 0.7, 0.8, 0.9, 1.0)
 METRICS = ("bpd", "fid", "kid", "is", "pr", "inception_fid", "inception_kid", "inception_pr")
@@ -72,7 +73,7 @@ def _values(report: dict) -> dict:
         "bpd": m["bpd"]["value"],
         "bpd_images": m["bpd"]["images"],
         "temperature": report["settings"]["temperature"],
-        "guidance": report["settings"].get("guidance", 0.0),
+        "guidance": report["settings"].get("guidance", NO_GUIDANCE),
         "inception_fid": inception["fid"],
         "inception_kid": inception["kid"],
         "precision": inception["precision"],
@@ -90,7 +91,7 @@ def table(rows: list[dict]) -> str:
         "training time",
         "steps",
         "test bits/dim",
-        "T, guidance w (chosen on val)" if any(r["guidance"] for r in rows) else "T (chosen on val)",
+        "T, guidance s (chosen on val)" if any(r["guidance"] != NO_GUIDANCE for r in rows) else "T (chosen on val)",
         "Inception FID",
         "Inception KID x 1e3",
         "Inception precision / recall",
@@ -116,7 +117,8 @@ def table(rows: list[dict]) -> str:
 
 
 def _sampling(row: dict) -> str:
-    return f"{row['temperature']:g}, w {row['guidance']:g}" if row["guidance"] else f"{row['temperature']:g}"
+    guided = row["guidance"] != NO_GUIDANCE
+    return f"{row['temperature']:g}, s {row['guidance']:g}" if guided else f"{row['temperature']:g}"
 
 
 def _spread(rows: list[dict], key: str, digits: int) -> str:
@@ -134,12 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--inception-n", type=int, default=10_000, help="images for the Inception protocol (default 10000)")
     p.add_argument("--select-n", type=int, default=1_000, help="samples per candidate temperature (default 1000)")
     p.add_argument("--select-protocol", choices=("classifier", "inception"), default="inception")
-    p.add_argument("--solver", choices=SOLVERS, help="ODE solver, for continuous flows")
-    p.add_argument("--steps", type=int, help="ODE solver steps, for continuous flows")
-    p.add_argument(
-        "--likelihood-solver", choices=("auto", *SOLVERS), help="ODE solver of bits/dim, for continuous flows"
-    )
-    p.add_argument("--likelihood-steps", type=int, help="ODE solver steps of bits/dim, for continuous flows")
+    add_sampler_options(p, likelihood=True)
     add_network_precision_option(p)
     add_inception_runtime_option(p)
     add_denoise_options(p)
@@ -154,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     missing = [str(r) for r in args.runs if not snapshots(r)]
     if missing:
         p.error(f"no snapshot-<M>min.ckpt in {', '.join(missing)}: train with --snapshots.minutes [...]")
-    if args.guidance and args.select_guidance:
+    if args.guidance != NO_GUIDANCE and args.select_guidance:
         p.error("give either --guidance or --select-guidance, not both")
     guidances = parse_candidates(p, "--select-guidance", args.select_guidance)
     settings = EvalSettings(
@@ -168,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         data_dir=args.data_dir,
         solver=args.solver,
         steps=args.steps,
+        time_shift=args.time_shift,
         likelihood_solver=args.likelihood_solver,
         likelihood_steps=args.likelihood_steps,
         network_precision=args.network_precision,

@@ -114,7 +114,7 @@ CLI_CASES = [
     (["sample", "--ckpt", "toy.pt", "--temperature", "-1"], "temperature must be a finite number >= 0"),
     (["sample", "--ckpt", "toy.pt", "--temperature", "nan"], "temperature must be a finite number >= 0"),
     (["sample", "--ckpt", "toy.pt", "--labels", "3"], "--labels needs a class-conditional model"),
-    (["sample", "--ckpt", "toy.pt", "--steps", "4"], "--solver and --steps apply to continuous flows"),
+    (["sample", "--ckpt", "toy.pt", "--steps", "4"], "--solver, --steps and --time-shift apply to continuous flows"),
     (["sample", "--ckpt", "toy.pt", "--out", "afile/points.png"], "'afile' is a file, not a folder"),
     (["sample", "--ckpt", "toy.pt", "--out", "points.txt"], "name a picture file ending in one of .png"),
     (["sample", "--ckpt", "toy.pt", "--out", "baddata"], "name a picture file"),

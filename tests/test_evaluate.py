@@ -540,21 +540,21 @@ def test_evaluate_selects_the_guidance_scale_at_the_chosen_temperature(tmp_path,
     common += ["--select-n", "30", "--select-protocol", "classifier", "--classifier-weights", str(weights)]
     report = main_report(
         tmp_path / "r.json",
-        ["--ckpt", str(tmp_path / "tarflow.pt"), *common, "--select-temperature", "0.5,1", "--select-guidance", "0,2"]
+        ["--ckpt", str(tmp_path / "tarflow.pt"), *common, "--select-temperature", "0.5,1", "--select-guidance", "1,3"]
         + ["--no-figures"],
     )
     temperature, guidance = report["temperature_selection"], report["guidance_selection"]
-    assert set(guidance["fid"]) == {"0.0", "2.0"} and len(set(guidance["fid"].values())) == 2
+    assert set(guidance["fid"]) == {"1.0", "3.0"} and len(set(guidance["fid"].values())) == 2
     assert report["settings"]["guidance"] == guidance["chosen"] == float(min(guidance["fid"], key=guidance["fid"].get))
     # Guidance is chosen at the chosen temperature: its FID at the unguided candidate repeats the temperature's.
-    assert guidance["fid"]["0.0"] == pytest.approx(temperature["fid"][str(float(temperature["chosen"]))])
+    assert guidance["fid"]["1.0"] == pytest.approx(temperature["fid"][str(float(temperature["chosen"]))])
     loaded, protocol = load(tmp_path / "tarflow.pt"), get_protocol("classifier", "fashion_mnist", weights)
-    loaded.use_guidance(2.0)
+    loaded.use_guidance(3.0)
     reference = reference_features(protocol, "fashion_mnist", "val", 30, str(data))
     images = generate(loaded, 30, temperature["chosen"], seed=1)
-    assert quality_metrics(images, protocol, reference, ("fid",))["fid"] == pytest.approx(guidance["fid"]["2.0"])
+    assert quality_metrics(images, protocol, reference, ("fid",))["fid"] == pytest.approx(guidance["fid"]["3.0"])
     for args, message in [
-        (["--ckpt", str(tmp_path / "tarflow.pt"), "--guidance", "1", "--select-guidance", "0,1"], "not both"),
+        (["--ckpt", str(tmp_path / "tarflow.pt"), "--guidance", "2", "--select-guidance", "1,2"], "not both"),
         (["--ckpt", str(tmp_path / "tarflow.pt"), "--select-guidance", "0,-1"], "guidance scales must be non-negative"),
         (["--ckpt", str(tiny_models(data, tmp_path)["glow"]), "--select-guidance", "0,1"], "has none"),
     ]:
@@ -644,3 +644,55 @@ def test_an_interrupted_evaluation_resumes_from_its_finished_stages(tmp_path, mo
     for damaged in ('{"identity": ', "[]"):
         partial.write_text(damaged)
         assert evaluate(out, settings, ckpt=ckpt)["metrics"]["bpd"] == whole["metrics"]["bpd"]
+
+
+def test_evaluate_reports_the_classifier_accuracy_of_guided_class_conditional_samples(tmp_path):
+    from lgm.evaluate.features import get_protocol
+    from lgm.evaluate.quality import class_accuracy, generate, sample_labels
+    from lgm.flow import FlowMatching, load
+
+    data = fake_data(tmp_path, n_train=200)
+    weights = tmp_path / "classifier.pt"
+    save_classifier(classifier_for("fashion_mnist"), weights)
+    torch.manual_seed(0)
+    flow = FlowMatching(
+        (1, 28, 28),
+        level_widths=(8, 8),
+        embedding_width=8,
+        n_classes=10,
+        label_dropout=0.1,
+        steps=2,
+        preprocessing=Preprocessing(),
+    )
+    torch.nn.init.normal_(flow.velocity.head[-1].weight, std=0.1)  # a model that guidance changes
+    save(flow, tmp_path / "fm.pt")
+    common = ["--ckpt", str(tmp_path / "fm.pt"), "--data", "fashion_mnist", "--data-dir", str(data)]
+    common += ["--n-samples", "30", "--classifier-weights", str(weights), "--no-figures"]
+    report = main_report(tmp_path / "r.json", [*common, "--metrics", "class_accuracy", "--guidance", "2"])
+    accuracy = report["metrics"]["class_accuracy"]
+    assert accuracy["n_generated"] == 30 and len(accuracy["per_class"]) == 10
+    loaded = load(tmp_path / "fm.pt")
+    loaded.use_guidance(2.0)
+    images = generate(loaded, 30, 1.0, seed=0)
+    expected = class_accuracy(images, sample_labels(30, 10), get_protocol("classifier", "fashion_mnist", weights))
+    assert (
+        accuracy["accuracy"] == pytest.approx(expected["accuracy"]) and accuracy["per_class"] == expected["per_class"]
+    )
+    assert accuracy["accuracy"] == pytest.approx(sum(accuracy["per_class"]) / 10)  # three samples of each class
+    unconditional = tmp_path / "uncond.pt"
+    save(
+        FlowMatching((1, 28, 28), level_widths=(8, 8), embedding_width=8, preprocessing=Preprocessing()), unconditional
+    )
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "evaluate",
+                *common[:1],
+                str(unconditional),
+                *common[2:],
+                "--metrics",
+                "class_accuracy",
+                "--out",
+                str(tmp_path / "x.json"),
+            ]
+        )

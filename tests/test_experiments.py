@@ -1,4 +1,5 @@
-"""`experiments.curve`: every snapshot of a run scored at the temperature chosen on validation, resumably."""
+"""`experiments.curve`: every snapshot of a run scored at the temperature chosen on validation, resumably;
+`experiments.nfe_curve`: one model scored under several samplers."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import pytest
 from helpers import SteppingClock, fake_data
 
-from experiments import curve
+from experiments import curve, nfe_curve
 from lgm.cli import main
 from lgm.train import callbacks
 
@@ -99,3 +100,28 @@ def test_curve_refuses_runs_without_snapshots(tmp_path, capsys):
     with pytest.raises(SystemExit):
         curve.main([str(tmp_path / "run"), "--data", "fashion_mnist", "--out", str(tmp_path / "c")])
     assert "train with --snapshots.minutes" in capsys.readouterr().err
+
+
+def test_nfe_curve_scores_each_sampler_once_and_tabulates_them_by_network_evaluations(tmp_path, monkeypatch, capsys):
+    from lgm.flow import MeanFlow, Preprocessing, save
+
+    monkeypatch.setenv("LGM_CACHE_DIR", str(tmp_path / "cache"))
+    data = fake_data(tmp_path, n_train=100)
+    model = MeanFlow((1, 28, 28), level_widths=(8, 8), embedding_width=8, preprocessing=Preprocessing(), n_classes=10)
+    save(model, tmp_path / "mf.pt")
+    args = [str(tmp_path / "mf.pt"), "--data", "fashion_mnist", "--data-dir", str(data), "--out", str(tmp_path / "n")]
+    args += ["--samplers", "flow_map:2", "euler:1", "--inception-n", "12", "--inception-runtime", "torch"]
+    nfe_curve.main([*args, "--time-shift", "2"])
+    printed = capsys.readouterr().out
+    reports = sorted((tmp_path / "n").glob("*.json"))
+    assert [p.name for p in reports] == ["euler-1-shift2.json", "flow_map-2-shift2.json"]
+    report = json.loads(reports[1].read_text())
+    assert report["settings"]["reference"] == "test" and report["metrics"]["inception"]["n_generated"] == 12
+    rows = [line for line in printed.splitlines() if line.startswith("| euler") or line.startswith("| flow_map")]
+    assert [row.split("|")[1].strip() for row in rows] == ["euler x 1", "flow_map x 2"]  # by evaluations
+    assert [row.split("|")[3].strip() for row in rows] == ["1", "2"]
+    monkeypatch.setattr(nfe_curve, "evaluate", lambda *a, **k: pytest.fail("evaluated twice"))
+    nfe_curve.main([*args, "--time-shift", "2"])
+    with pytest.raises(SystemExit):
+        nfe_curve.main([*args[:7], "--samplers", "midpoint"])
+    assert "a sampler is SOLVER:STEPS" in capsys.readouterr().err

@@ -56,7 +56,7 @@ def test_adaptive_dopri5_reaches_its_tolerance_and_counts_evaluations():
 @pytest.mark.parametrize(
     "solver, steps, message",
     [
-        ("rk5", 8, "unknown ODE solver 'rk5'; choose one of euler, midpoint, heun, rk4, dopri5"),
+        ("rk5", 8, "unknown ODE solver 'rk5'; choose one of euler, midpoint, heun, rk4, adams2, dopri5"),
         ("euler", 0, "positive integer"),
         ("euler", 2.5, "positive integer"),
     ],
@@ -302,7 +302,7 @@ def test_sample_command_takes_solver_and_steps_and_reports_the_cost(tmp_path, ca
             str(tmp_path / "s.png"),
         ]
     )
-    assert "(6 velocity evaluations, heun x 3)" in capsys.readouterr().out
+    assert "(heun x 3: 6 velocity evaluations, 6 network evaluations)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["sample", "--ckpt", str(tmp_path / "fm.pt"), "--steps", "0", "--out", str(tmp_path / "t.png")])
     assert "positive integer" in capsys.readouterr().err
@@ -396,7 +396,7 @@ def test_evaluate_refuses_solver_options_for_a_coupling_flow(tmp_path, capsys):
                 str(tmp_path / "r.json"),
             ]
         )
-    assert "continuous flows (FlowMatching) only, not to NiceFlow" in capsys.readouterr().err
+    assert "continuous flows (FlowMatching, MeanFlow) only, not to NiceFlow" in capsys.readouterr().err
 
 
 def test_use_solver_keeps_the_old_solver_on_a_bad_value():

@@ -38,7 +38,7 @@ def block(reverse: bool, n_classes: int | None = None) -> AutoregressiveBlock:
 
 
 def naive_inverse(
-    block: AutoregressiveBlock, z, classes=None, guidance=0.0, weak_classes=None, weak_temperature=1.0
+    block: AutoregressiveBlock, z, classes=None, guidance=1.0, weak_classes=None, weak_temperature=1.0
 ) -> torch.Tensor:
     """The inverse without a cache: a full Transformer pass per token, guided by the same formula."""
     z = z.flip(1) if block.reverse else z
@@ -46,9 +46,9 @@ def naive_inverse(
     first = block.first.expand(z.shape[0], 1, -1)
     for i in range(z.shape[1]):
         params = torch.cat((first, block.net(x, classes)[:, :-1]), dim=1)
-        if guidance:
+        if guidance != 1:
             weak = torch.cat((first, block.net(x, weak_classes, weak_temperature)[:, :-1]), dim=1)
-            params = torch.cat((first, (params + guidance * (params - weak))[:, 1:]), dim=1)
+            params = torch.cat((first, (weak + guidance * (params - weak))[:, 1:]), dim=1)
         shift, log_scale = params[:, i : i + 1].chunk(2, dim=-1)
         x[:, i : i + 1] = z[:, i : i + 1] * torch.exp(log_scale) + shift
     return x.flip(1) if block.reverse else x
@@ -81,15 +81,16 @@ def test_the_cached_inverse_equals_the_naive_one_and_inverts_the_block(n_classes
         torch.testing.assert_close(layer.inverse(z, classes), naive_inverse(layer, z, classes), rtol=0, atol=1e-10)
 
 
-def test_guided_inverse_equals_the_naive_guided_one_and_guidance_0_is_none():
+def test_guided_inverse_equals_the_naive_guided_one_and_scales_1_and_0_are_the_model_and_the_weak_one():
     layer = block(reverse=False, n_classes=3)
     z = torch.randn(4, 5, 3, dtype=torch.float64)
     classes, none = torch.tensor([0, 1, 2, 0]), torch.full((4,), 3)
     with torch.no_grad():
-        guided = layer.inverse(z, classes, 2.0, none, 1.5)
-        torch.testing.assert_close(guided, naive_inverse(layer, z, classes, 2.0, none, 1.5), rtol=0, atol=1e-10)
+        guided = layer.inverse(z, classes, 3.0, none, 1.5)
+        torch.testing.assert_close(guided, naive_inverse(layer, z, classes, 3.0, none, 1.5), rtol=0, atol=1e-10)
         assert (guided - layer.inverse(z, classes)).abs().max() > 1e-3
-        torch.testing.assert_close(layer.inverse(z, classes, 0.0, none, 1.5), layer.inverse(z, classes))
+        assert torch.equal(layer.inverse(z, classes, 1.0, none, 1.5), layer.inverse(z, classes))
+        assert torch.equal(layer.inverse(z, classes, 0.0, none, 1.0), layer.inverse(z, none))
         # A weak model equal to the strong one: guidance changes nothing, whatever its scale.
         torch.testing.assert_close(layer.inverse(z, classes, 3.0, classes, 1.0), layer.inverse(z, classes))
 
@@ -152,33 +153,40 @@ def test_sampling_with_guidance_temperature_and_denoising():
     labels = torch.tensor([0, 1, 2, 0])
     torch.manual_seed(0)
     plain = flow.sample(4, temperature=0.8, labels=labels, denoise=False)
-    flow.use_guidance(2.0)
-    assert (flow.guidance, flow.attention_temperature) == (2.0, None)
+    flow.use_guidance(3.0)
+    assert (flow.guidance, flow.attention_temperature) == (3.0, None)
     torch.manual_seed(0)
     guided = flow.sample(4, temperature=0.8, labels=labels, denoise=False)
     assert guided.shape == (4, 1, 4, 4) and (guided - plain).abs().max() > 1e-3
     torch.manual_seed(0)
     denoised = flow.sample(4, temperature=0.8, labels=labels)
     assert (denoised - guided).abs().max() > 0 and 0 <= denoised.min() and denoised.max() <= 1
-    flow.use_guidance(0.0)
+    flow.use_guidance(1.0)
     torch.manual_seed(0)
-    torch.testing.assert_close(flow.sample(4, temperature=0.8, labels=labels, denoise=False), plain)
+    assert torch.equal(flow.sample(4, temperature=0.8, labels=labels, denoise=False), plain)
+    flow.use_guidance(0.0)  # the unconditional model
+    torch.manual_seed(0)
+    unconditional = flow.sample(4, temperature=0.8, labels=labels, denoise=False)
+    torch.manual_seed(0)
+    torch.testing.assert_close(unconditional, flow.sample(4, temperature=0.8, denoise=False), rtol=0, atol=1e-6)
 
 
 def test_guidance_of_an_unconditional_model_needs_an_attention_temperature():
     flow = tiny()
     with pytest.raises(ValueError, match="needs an attention temperature for its weak model"):
-        flow.use_guidance(1.0)
-    flow.use_guidance(1.0, attention_temperature=2.0)
+        flow.use_guidance(2.0)
+    flow.use_guidance(2.0, attention_temperature=2.0)
     z = torch.randn(3, 1, 4, 4)
     with torch.no_grad():
         guided = flow.decode(Latent(z))
-        flow.use_guidance(0.0)
+        flow.use_guidance(1.0)
         assert (guided - flow.decode(Latent(z))).abs().max() > 1e-4
     with pytest.raises(ValueError, match="guidance scale must be a finite number >= 0"):
         flow.use_guidance(-1.0)
+    glow = Glow((1, 4, 4), levels=1, flow_steps=1, width=4)
     with pytest.raises(ValueError, match="has no guided sampling"):
-        Glow((1, 4, 4), levels=1, flow_steps=1, width=4).use_guidance(1.0)
+        glow.use_guidance(2.0)
+    glow.use_guidance(1.0)  # no guidance: every family takes it
     assert flow.capabilities.guidance and not Glow((1, 4, 4), levels=1, flow_steps=1, width=4).capabilities.guidance
 
 

@@ -10,10 +10,11 @@ from lgm.cli.options import (
     add_guidance_options,
     add_inception_runtime_option,
     add_network_precision_option,
+    add_sampler_options,
 )
 from lgm.evaluate.features import SPLITS
 from lgm.evaluate.report import BASELINES, METRICS, EvalSettings, evaluate
-from lgm.flow.ode import SOLVERS
+from lgm.flow.guidance import NO_GUIDANCE
 from lgm.utils.files import check_writable
 from lgm.viz.report import draw_report_figures
 
@@ -64,10 +65,10 @@ def evaluate_main(argv: list[str]) -> dict:
     )
     parser.add_argument(
         "--select-guidance",
-        metavar="W1,W2,...",
+        metavar="S1,S2,...",
         help=(
             "choose the guidance scale (models with guided sampling) the same way, at the chosen temperature "
-            "(e.g. 0,0.5,1,2); replaces --guidance"
+            "(e.g. 1,2,3; 1 is none); replaces --guidance"
         ),
     )
     parser.add_argument(
@@ -102,20 +103,7 @@ def evaluate_main(argv: list[str]) -> dict:
         "--classifier-weights", help="classifier weights for the classifier protocol (default: the shipped ones)"
     )
     parser.add_argument("--data-dir", help="folder with the data (default $LGM_DATA_DIR)")
-    parser.add_argument(
-        "--solver", choices=SOLVERS, help="ODE solver of the samples, for continuous flows (default: the model's)"
-    )
-    parser.add_argument(
-        "--steps", type=int, help="ODE solver steps of the samples, for continuous flows (default: the model's)"
-    )
-    parser.add_argument(
-        "--likelihood-solver",
-        choices=("auto", *SOLVERS),
-        help="ODE solver of bits/dim, for continuous flows (default: the model's; auto is dopri5 for images)",
-    )
-    parser.add_argument(
-        "--likelihood-steps", type=int, help="ODE solver steps of bits/dim, for continuous flows (default: the model's)"
-    )
+    add_sampler_options(parser, likelihood=True)
     add_network_precision_option(parser)
     add_inception_runtime_option(parser)
     add_denoise_options(parser)
@@ -131,7 +119,7 @@ def evaluate_main(argv: list[str]) -> dict:
         parser.error(str(e))
     if args.temperature is not None and args.select_temperature:
         parser.error("give either --temperature or --select-temperature, not both")
-    if args.guidance and args.select_guidance:
+    if args.guidance != NO_GUIDANCE and args.select_guidance:
         parser.error("give either --guidance or --select-guidance, not both")
     candidates = parse_candidates(parser, "--select-temperature", args.select_temperature)
     guidances = parse_candidates(parser, "--select-guidance", args.select_guidance)
@@ -155,6 +143,7 @@ def evaluate_main(argv: list[str]) -> dict:
         classifier_weights=args.classifier_weights,
         solver=args.solver,
         steps=args.steps,
+        time_shift=args.time_shift,
         likelihood_solver=args.likelihood_solver,
         likelihood_steps=args.likelihood_steps,
         network_precision=args.network_precision,

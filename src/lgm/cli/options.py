@@ -5,7 +5,36 @@ from __future__ import annotations
 import argparse
 
 from lgm.evaluate.features import INCEPTION_RUNTIMES
+from lgm.flow.ode import SOLVERS
 from lgm.flow.precision import NETWORK_PRECISION_CHOICES
+
+
+def add_sampler_options(parser: argparse.ArgumentParser, likelihood: bool = False) -> None:
+    """``--solver``, ``--steps``, ``--time-shift`` (`lgm.flow.Flow.use_solver`) and, with ``likelihood``,
+    ``--likelihood-solver`` and ``--likelihood-steps``: how continuous flows integrate."""
+    parser.add_argument(
+        "--solver",
+        help=f"sampler of continuous flows: an ODE solver ({', '.join(SOLVERS)}) or flow_map (MeanFlow's jumps); "
+        "default: the model's",
+    )
+    parser.add_argument("--steps", type=int, help="sampler steps, for continuous flows (default: the model's)")
+    parser.add_argument(
+        "--time-shift",
+        type=float,
+        help="spacing of the sampler's steps, for continuous flows: 1 equal, > 1 shorter near the noise, < 1 "
+        "shorter near the data (default: the model's)",
+    )
+    if likelihood:
+        parser.add_argument(
+            "--likelihood-solver",
+            choices=("auto", *SOLVERS),
+            help="ODE solver of bits/dim, for continuous flows (default: the model's; auto is dopri5 for images)",
+        )
+        parser.add_argument(
+            "--likelihood-steps",
+            type=int,
+            help="ODE solver steps of bits/dim, for continuous flows (default: the model's)",
+        )
 
 
 def add_network_precision_option(parser: argparse.ArgumentParser) -> None:
@@ -38,9 +67,10 @@ def add_guidance_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--guidance",
         type=float,
-        default=0.0,
-        help="guidance scale w >= 0 (default 0, none): classifier-free guidance of class-conditional models, "
-        "attention guidance of unconditional ones (with --guidance-attention-temperature); TarFlow only",
+        default=1.0,
+        help="guidance scale s >= 0 (default 1: none; 0: the weak model): classifier-free guidance of "
+        "class-conditional models trained with label dropout (0 samples the unconditional model), TarFlow's "
+        "attention guidance (with --guidance-attention-temperature)",
     )
     parser.add_argument(
         "--guidance-attention-temperature",

@@ -7,10 +7,14 @@ from pathlib import Path
 
 import torch
 
-from lgm.cli.options import add_denoise_options, add_guidance_options, add_network_precision_option
+from lgm.cli.options import (
+    add_denoise_options,
+    add_guidance_options,
+    add_network_precision_option,
+    add_sampler_options,
+)
 from lgm.flow.discrete import quantize
 from lgm.flow.io import load
-from lgm.flow.ode import SOLVERS
 from lgm.utils.files import check_writable
 from lgm.viz.density import plot_samples
 from lgm.viz.images import save_grid
@@ -32,8 +36,7 @@ def sample_main(argv: list[str]) -> Path:
         "--labels", type=int, nargs="+", help="classes to sample, for class-conditional models (default: all, in turn)"
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--solver", choices=SOLVERS, help="ODE solver, for continuous flows (default: the model's)")
-    parser.add_argument("--steps", type=int, help="ODE solver steps, for continuous flows (default: the model's)")
+    add_sampler_options(parser)
     add_network_precision_option(parser)
     add_denoise_options(parser)
     add_guidance_options(parser)
@@ -58,18 +61,17 @@ def sample_main(argv: list[str]) -> Path:
         labels = wanted.repeat((args.n + len(wanted) - 1) // len(wanted))[: args.n].to(args.device)
     elif args.labels:
         parser.error("--labels needs a class-conditional model; this one is not")
-    if args.solver is not None or args.steps is not None:
+    if (args.solver, args.steps, args.time_shift) != (None, None, None):
         if not flow.capabilities.solver:
-            parser.error("--solver and --steps apply to continuous flows (FlowMatching) only")
+            parser.error("--solver, --steps and --time-shift apply to continuous flows (FlowMatching, MeanFlow) only")
         try:
-            flow.use_solver(args.solver, args.steps)
+            flow.use_solver(args.solver, args.steps, args.time_shift)
         except (ValueError, ModuleNotFoundError) as e:
             parser.error(str(e))
-    if args.guidance or args.guidance_attention_temperature is not None:
-        try:
-            flow.use_guidance(args.guidance, args.guidance_attention_temperature)
-        except ValueError as e:
-            parser.error(str(e))
+    try:
+        flow.use_guidance(args.guidance, args.guidance_attention_temperature)
+    except ValueError as e:
+        parser.error(str(e))
     flow.use_network_precision(args.network_precision)
     torch.manual_seed(args.seed)
     try:
@@ -88,7 +90,12 @@ def sample_main(argv: list[str]) -> Path:
             x, bounds=((lo[0] - margin[0], hi[0] + margin[0]), (lo[1] - margin[1], hi[1] + margin[1])), path=out
         )
     info = flow.solver_info()
-    cost = f" ({info['velocity_evaluations']} velocity evaluations, {info['solver']} x {info['steps']})" if info else ""
+    cost = (
+        f" ({info['solver']} x {info['steps']}: {info['velocity_evaluations']} velocity evaluations, "
+        f"{info['network_evaluations']} network evaluations)"
+        if info
+        else ""
+    )
     print(f"wrote {args.n} samples at temperature {args.temperature} to {out}{cost}")
     return out
 

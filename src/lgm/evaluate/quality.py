@@ -29,19 +29,38 @@ def generate(
     denoise: bool | None = None,
     denoise_step: float = 1.0,
 ) -> Tensor:
-    """``n`` samples of an image flow as uint8 images ``[n, C, H, W]`` (class-conditional: classes in turn);
-    ``denoise`` and ``denoise_step`` as in `lgm.flow.Flow.sample`."""
+    """``n`` samples of an image flow as uint8 images ``[n, C, H, W]`` (class-conditional: the classes of
+    `sample_labels`); ``denoise`` and ``denoise_step`` as in `lgm.flow.Flow.sample`."""
     if flow.n_bits is None:
         raise ValueError("sample quality needs an image model (built with n_bits); this flow models continuous data")
     torch.manual_seed(seed)
     device = next(flow.parameters()).device
     out = []
+    classes = sample_labels(n, flow.n_classes)
     for i in tqdm(range(0, n, batch_size), desc=f"sampling (T = {temperature})", leave=False):
         m = min(batch_size, n - i)
-        labels = (torch.arange(i, i + m, device=device) % flow.n_classes) if flow.n_classes else None
+        labels = classes[i : i + m].to(device) if classes is not None else None
         x = flow.sample(m, temperature, labels, denoise=denoise, denoise_step=denoise_step)
         out.append(quantize(x.cpu(), flow.n_bits))
     return torch.cat(out)
+
+
+def sample_labels(n: int, n_classes: int | None) -> Tensor | None:
+    """The classes of `generate`'s ``n`` samples: ``0, 1, ..., n_classes - 1`` in turn ``[n]``; None
+    for an unconditional model."""
+    return torch.arange(n) % n_classes if n_classes else None
+
+
+def class_accuracy(images: Tensor, labels: Tensor, protocol: Protocol) -> dict:
+    """How often ``protocol``'s classifier gives uint8 ``images`` the class they were drawn for (``labels``
+    ``[n]``): ``{"accuracy": .., "per_class": [..]}``, the per-class list indexed by class."""
+    if protocol.logits is None:
+        raise ValueError(f"the {protocol.name} protocol has no classifier, so no class accuracy")
+    features = extract_features(protocol, images, desc=f"{protocol.name} features")
+    with torch.inference_mode():
+        correct = protocol.logits(features).argmax(1).cpu() == labels
+    per_class = [correct[labels == c].float().mean().item() for c in range(int(labels.max()) + 1)]
+    return {"accuracy": correct.float().mean().item(), "per_class": per_class}
 
 
 def reference_features(protocol: Protocol, data: str, split: str, n: int, data_dir=None) -> Tensor:

@@ -34,14 +34,22 @@ from lgm.evaluate.diagnostics import (
     to_data,
 )
 from lgm.evaluate.features import SPLITS, Protocol, get_protocol, real_images
-from lgm.evaluate.quality import QUALITY_METRICS, generate, quality_metrics, reference_features
+from lgm.evaluate.quality import (
+    QUALITY_METRICS,
+    class_accuracy,
+    generate,
+    quality_metrics,
+    reference_features,
+    sample_labels,
+)
 from lgm.flow.base import Flow
 from lgm.flow.discrete import dequantize_images
+from lgm.flow.guidance import NO_GUIDANCE
 from lgm.flow.io import flow_spec, load
 from lgm.utils.files import atomic_write_text
 from lgm.utils.hardware import machine_summary
 
-METRICS = ("bpd", *QUALITY_METRICS, *(f"inception_{m}" for m in ("fid", "kid", "pr")))
+METRICS = ("bpd", *QUALITY_METRICS, *(f"inception_{m}" for m in ("fid", "kid", "pr")), "class_accuracy")
 BASELINES = ("test", "noisy_test", "gaussian")
 
 
@@ -63,13 +71,14 @@ class EvalSettings:
     classifier_weights: str | None = None
     solver: str | None = None
     steps: int | None = None
+    time_shift: float | None = None
     likelihood_solver: str | None = None
     likelihood_steps: int | None = None
     network_precision: str = "32"
     inception_runtime: str = "auto"
     denoise: bool | None = None
     denoise_step: float = 1.0
-    guidance: float = 0.0
+    guidance: float = NO_GUIDANCE
     guidance_attention_temperature: float | None = None
     select_temperatures: tuple[float, ...] = ()
     select_guidances: tuple[float, ...] = ()
@@ -153,7 +162,7 @@ def evaluate(
         _use_solver(flow, settings)
         if settings.select_guidances and not flow.capabilities.guidance:
             raise ValueError(f"guidance selection needs a model with guided sampling; {type(flow).__name__} has none")
-        _use_guidance(flow, settings.guidance, settings.guidance_attention_temperature)
+        flow.use_guidance(settings.guidance, settings.guidance_attention_temperature)
         flow.use_network_precision(settings.network_precision)
         settings = replace(settings, denoise=flow.denoises(settings.denoise))
         report["machine"] = machine_summary()
@@ -175,10 +184,15 @@ def evaluate(
         "classifier": [m for m in QUALITY_METRICS if m in settings.metrics],
         "inception": [m for m in QUALITY_METRICS if f"inception_{m}" in settings.metrics],
     }
+    needed = {name for name, wanted in requested.items() if wanted}
+    if "class_accuracy" in settings.metrics:
+        if flow is None or not flow.n_classes:
+            raise ValueError("class_accuracy needs a class-conditional model: drop it from the metrics")
+        needed.add("classifier")
     protocols = {
         name: get_protocol(name, settings.data, settings.classifier_weights, settings.inception_runtime)
-        for name, wanted in requested.items()
-        if wanted
+        for name in requested
+        if name in needed
     }
     stages = FinishedStages(out, {"data": report["data"], "model": report["model"], "settings": asdict(settings)})
     if flow is not None and settings.select_temperatures:
@@ -189,7 +203,7 @@ def evaluate(
         selection = stages.run("guidance_selection", lambda: select_guidance(flow, settings))
         report["guidance_selection"] = selection
         settings = replace(settings, guidance=selection["chosen"])
-        _use_guidance(flow, settings.guidance, settings.guidance_attention_temperature)
+        flow.use_guidance(settings.guidance, settings.guidance_attention_temperature)
     report["settings"] = {k: v for k, v in asdict(settings).items() if k not in ("data", "data_dir")}
     if flow is not None:
         report["sampling"] = {}
@@ -205,7 +219,15 @@ def evaluate(
             )
     for name, protocol in protocols.items():
         n = settings.n_samples if name == "classifier" else settings.inception_n
-        metrics[name] = _protocol_metrics(settings, samples_of, protocol, requested[name], n)
+        if requested[name]:
+            metrics[name] = _protocol_metrics(settings, samples_of, protocol, requested[name], n)
+    if "class_accuracy" in settings.metrics:
+        images, _ = samples_of(settings.n_samples)
+        metrics["class_accuracy"] = {
+            "protocol": protocols["classifier"].identity,
+            "n_generated": len(images),
+            **class_accuracy(images, sample_labels(len(images), flow.n_classes), protocols["classifier"]),
+        }
     report["metrics"] = metrics
     if flow is not None and settings.figures:
         report["diagnostics"], figures = _flow_diagnostics(flow, arrays, settings)
@@ -280,7 +302,7 @@ def _select_on_validation(flow: Flow, settings: EvalSettings, candidates: dict) 
     fids = {}
     try:
         for key, (temperature, guidance) in candidates.items():
-            _use_guidance(flow, guidance, settings.guidance_attention_temperature)
+            flow.use_guidance(guidance, settings.guidance_attention_temperature)
             images = generate(
                 flow,
                 settings.select_n,
@@ -291,7 +313,7 @@ def _select_on_validation(flow: Flow, settings: EvalSettings, candidates: dict) 
             )
             fids[key] = quality_metrics(images, protocol, reference, ("fid",))["fid"]
     finally:
-        _use_guidance(flow, settings.guidance, settings.guidance_attention_temperature)
+        flow.use_guidance(settings.guidance, settings.guidance_attention_temperature)
     chosen = min(fids, key=fids.get)
     return {
         "split": "val",
@@ -303,23 +325,23 @@ def _select_on_validation(flow: Flow, settings: EvalSettings, candidates: dict) 
     }
 
 
-def _use_guidance(flow: Flow, scale: float, attention_temperature: float | None) -> None:
-    """Guide ``flow``'s sampling (refused by families without guidance); no guidance needs no call."""
-    if scale or attention_temperature is not None or flow.capabilities.guidance:
-        flow.use_guidance(scale, attention_temperature)
-
-
 def _use_solver(flow: Flow, settings: EvalSettings) -> None:
     """Apply the solver settings to a continuous flow; refuse them for any other."""
-    chosen = (settings.solver, settings.steps, settings.likelihood_solver, settings.likelihood_steps)
+    chosen = (
+        settings.solver,
+        settings.steps,
+        settings.time_shift,
+        settings.likelihood_solver,
+        settings.likelihood_steps,
+    )
     if all(value is None for value in chosen):
         return
     if not flow.capabilities.solver:
         raise ValueError(
-            "--solver, --steps and --likelihood-* apply to continuous flows (FlowMatching) only, not to "
-            f"{type(flow).__name__}"
+            "--solver, --steps, --time-shift and --likelihood-* apply to continuous flows (FlowMatching, MeanFlow) "
+            f"only, not to {type(flow).__name__}"
         )
-    flow.use_solver(settings.solver, settings.steps)
+    flow.use_solver(settings.solver, settings.steps, settings.time_shift)
     flow.use_likelihood_solver(settings.likelihood_solver, settings.likelihood_steps)
 
 

@@ -1,5 +1,6 @@
 """Normalising flows: transforms with exact inverses and log-determinants, priors, and models
-(NICE, RealNVP, Glow, TarFlow), and a continuous flow trained by flow matching (`FlowMatching`).
+(NICE, RealNVP, Glow, TarFlow), and continuous flows trained by flow matching (`FlowMatching`) and
+by MeanFlow's average velocities for sampling in few steps (`MeanFlow`).
 
 Direction convention: ``forward`` maps data -> latent and returns ``(z, log|det dz/dx|)``;
 ``inverse`` maps latent -> data. ``Flow.log_prob`` is in nats per sample.
@@ -21,6 +22,7 @@ from lgm.flow.layers import (
     Squeeze,
 )
 from lgm.flow.matching import FlowMatching
+from lgm.flow.meanflow import MeanFlow
 from lgm.flow.multiscale import MultiScaleFlow
 from lgm.flow.nets import mlp
 from lgm.flow.nice import NiceFlow
@@ -61,6 +63,7 @@ __all__ = [
     "InvConv1x1",
     "Latent",
     "Logit",
+    "MeanFlow",
     "MultiScaleFlow",
     "Normalize",
     "PadWithNoise",

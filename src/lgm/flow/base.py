@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lgm.flow.discrete import check_images, dequantize, dequantize_images, noisy_images, reduce_bits
+from lgm.flow.guidance import NO_GUIDANCE, check_guidance_scale
 from lgm.flow.latent import Capabilities, Latent
 from lgm.flow.precision import NETWORK_DTYPES, resolve_precision, run_network
 
@@ -203,10 +204,16 @@ class Flow(nn.Module):
     Every subclass records the arguments its constructor was called with (defaults filled in) in
     ``self.init_args``, so that `lgm.flow.save` / `lgm.flow.load` can rebuild it, provided they are
     plain values (numbers, strings, lists, dicts, None); a model built from modules records none.
+
+    Class-conditional families set ``n_classes``; those trained with ``label_dropout > 0`` (each training
+    label replaced by "no class", index ``n_classes``, with that probability, `class_indices`) are also the
+    unconditional model (``labels=None``) and can be guided (`use_guidance`, `lgm.flow.guidance`).
     """
 
     init_args: dict[str, Any]
     n_classes: int | None = None
+    label_dropout: float = 0.0
+    guidance: float = NO_GUIDANCE  # the scale of guided sampling, see use_guidance
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -274,12 +281,15 @@ class Flow(nn.Module):
             )
 
     def check_labels(self, labels: Tensor | None, batch: int) -> None:
-        """Class-conditional models need ``batch`` integer labels in ``0..n_classes-1``; others none."""
+        """Class-conditional models need ``batch`` integer labels in ``0..n_classes-1`` (or none, for the
+        unconditional model, if trained with label dropout); others none."""
         if self.n_classes is None:
             if labels is not None:
                 raise ValueError("this model is not class-conditional: do not pass labels")
             return
         if labels is None:
+            if self.label_dropout > 0:
+                return
             raise ValueError(f"this model is class-conditional ({self.n_classes} classes): pass labels")
         if not isinstance(labels, Tensor) or labels.is_floating_point() or labels.shape != (batch,):
             raise ValueError(f"labels must be an integer tensor of shape [{batch}], one class index per sample")
@@ -287,6 +297,19 @@ class Flow(nn.Module):
             raise ValueError(
                 f"labels must lie in 0..{self.n_classes - 1}, got [{labels.min().item()}, {labels.max().item()}]"
             )
+
+    def class_indices(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
+        """The class indices ``[batch]`` a class-conditional network takes: the labels (in training, each
+        replaced by "no class", index ``n_classes``, with probability ``label_dropout``), or "no class"
+        throughout where there are none; ``None`` for a model that is not class-conditional."""
+        if self.n_classes is None:
+            return None
+        if labels is None:
+            return torch.full((batch,), self.n_classes, device=device, dtype=torch.long)
+        if self.training and self.label_dropout > 0:
+            dropped = torch.rand(batch, device=device) < self.label_dropout
+            return labels.masked_fill(dropped, self.n_classes)
+        return labels
 
     # -- the latent -------------------------------------------------------------------------------
 
@@ -525,10 +548,26 @@ class Flow(nn.Module):
         parameter = next(self.parameters(), None)
         return parameter.device if parameter is not None else torch.device("cpu")
 
+    def start_from(self, flow: Flow) -> None:
+        """Take the weights of a trained ``flow`` to train on from (fine-tuning): here, a model of the same
+        class and architecture; a family that starts from another (`lgm.flow.MeanFlow` from a
+        `lgm.flow.FlowMatching`) says so in its own."""
+        if type(flow) is not type(self):
+            raise ValueError(
+                f"a {type(self).__name__} can start from a {type(self).__name__}, not a {type(flow).__name__}"
+            )
+        try:
+            self.load_state_dict(flow.state_dict())
+        except RuntimeError as e:
+            raise ValueError(
+                f"the {type(flow).__name__} to start from has another architecture than this one: "
+                f"{str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}"
+            ) from None
+
     # -- hooks of some families; here, what a family without the feature does ----------------------
 
-    def use_solver(self, solver: str | None = None, steps: int | None = None) -> None:
-        """Set the ODE solver of sampling and encoding (flows with ``capabilities.solver``)."""
+    def use_solver(self, solver: str | None = None, steps: int | None = None, time_shift: float | None = None) -> None:
+        """Set the solver, steps and time grid of sampling and encoding (flows with ``capabilities.solver``)."""
         raise ValueError(f"solver options apply to continuous flows only, not to {type(self).__name__}")
 
     def use_likelihood_solver(self, solver: str | None = None, steps: int | None = None) -> None:
@@ -540,9 +579,23 @@ class Flow(nn.Module):
         ``{}`` without a solver."""
         return {}
 
-    def use_guidance(self, scale: float = 0.0, attention_temperature: float | None = None) -> None:
-        """Guide sampling with ``scale`` (flows with ``capabilities.guidance``; see the family's own)."""
-        raise ValueError(f"{type(self).__name__} has no guided sampling: drop the guidance options")
+    def use_guidance(self, scale: float = NO_GUIDANCE, attention_temperature: float | None = None) -> None:
+        """Guide sampling with ``scale = s >= 0`` (`lgm.flow.guidance`): 1 is none, 0 the weak model.
+
+        Here, classifier-free guidance (families with ``capabilities.guidance`` read ``self.guidance``);
+        every family accepts ``s = 1``. ``attention_temperature`` is TarFlow's (`lgm.flow.TarFlow.use_guidance`).
+        A switch of the run: it is not saved."""
+        scale = check_guidance_scale(scale)
+        if attention_temperature is not None:
+            raise ValueError(f"{type(self).__name__} has no attention to soften: drop the attention temperature")
+        if scale != NO_GUIDANCE and not self.capabilities.guidance:
+            if self.n_classes is not None and self.label_dropout == 0:
+                raise ValueError(
+                    "classifier-free guidance needs a class-conditional model trained with label dropout "
+                    f"(label_dropout > 0), and this {type(self).__name__} was trained without: sample it unguided"
+                )
+            raise ValueError(f"{type(self).__name__} has no guided sampling: drop the guidance options")
+        self.guidance = scale
 
     def likelihood_info(self) -> dict[str, Any]:
         """How `log_prob` is computed, where there is a choice (solver, steps, divergence estimate); ``{}`` if exact."""

@@ -19,6 +19,10 @@ the coupling flows, so `bits_per_dim` is the same bound on the same data.
 
 Unlike the coupling flows, ``decode(encode(x))`` equals ``x`` only up to the solver's error, which
 shrinks as ``steps`` grows (the test suite checks it).
+
+A class-conditional model trained with ``label_dropout > 0`` is also the unconditional one and samples
+with classifier-free guidance (`FlowMatching.use_guidance`): ``v = v_u + s (v_c - v_u)``, two network
+evaluations per velocity where ``s != 1`` (`lgm.flow.guidance`); ``log_prob`` stays the unguided model's.
 """
 
 from __future__ import annotations
@@ -31,8 +35,9 @@ from torch import Tensor
 
 from lgm.flow.base import Compose, Flow, data_initialization
 from lgm.flow.discrete import check_images, dequantize_images
+from lgm.flow.guidance import NO_GUIDANCE, check_label_dropout, guide
 from lgm.flow.latent import Capabilities, Latent
-from lgm.flow.ode import SOLVERS, check_solver, odeint
+from lgm.flow.ode import SOLVERS, check_solver, check_time_shift, odeint
 from lgm.flow.precision import NETWORK_DTYPES, run_network
 from lgm.flow.preprocess import Preprocessing
 from lgm.flow.priors import StandardGaussian
@@ -52,6 +57,8 @@ class FlowMatching(Flow):
         level_widths: the velocity U-Net's channels per resolution, finest first (images).
         embedding_width: features of the time (and class) embedding.
         n_classes: number of classes for a class-conditional model, else ``None``.
+        label_dropout: in training, the probability of replacing a label by "no class", so that the model is
+            also the unconditional one and can be guided (class-conditional only; 0 for none).
         preprocessing: ``None`` for continuous data (vectors); for images, their bit depth and
             preprocessing (`lgm.flow.Preprocessing`), as for `lgm.flow.Glow`. ``normalize="global"`` or
             ``"per_pixel"`` scales the data to unit variance (set from the first batch), the scale of
@@ -60,10 +67,13 @@ class FlowMatching(Flow):
             exact assignment minimising the total squared distance (minibatch optimal transport).
         solver, steps: the ODE solver (see `lgm.flow.ode`) and its number of steps, for sampling and
             encoding. Change them after training at will (`use_solver`).
+        time_shift: the spacing of the fixed steps (`lgm.flow.ode.time_grid`): 1 equal, > 1 shorter
+            near the noise (t = 0), < 1 shorter near the data.
         likelihood_solver, likelihood_steps: the solver of `log_prob` (so of bits/dim and the test
-            loop). ``"auto"`` is ``dopri5`` for images and the sampling solver for vectors: on images a
-            few fixed steps overstate the likelihood badly (RK4 x 16 gave 2.63 bits/dim for a
-            FashionMNIST model whose converged value is 3.31). ``likelihood_steps=None``: ``steps``.
+            loop). ``"auto"`` is ``dopri5`` for images and the sampling ODE solver for vectors (``dopri5``
+            if sampling has none): on images a few fixed steps overstate the likelihood badly (RK4 x 16
+            gave 2.63 bits/dim for a FashionMNIST model whose converged value is 3.31).
+            ``likelihood_steps=None``: ``steps``.
         divergence: ``"exact"``, ``"hutchinson"`` or ``"auto"`` (exact up to 64 dimensions).
         probes: Hutchinson probe vectors per sample (the estimate's variance falls as 1/probes).
         rtol, atol: tolerances of the adaptive ``dopri5`` solver.
@@ -77,10 +87,12 @@ class FlowMatching(Flow):
         level_widths: Sequence[int] = (32, 64, 64),
         embedding_width: int = 64,
         n_classes: int | None = None,
+        label_dropout: float = 0.0,
         preprocessing: Preprocessing | None = None,
         pairing: str = "independent",
         solver: str = "rk4",
         steps: int = 32,
+        time_shift: float = 1.0,
         likelihood_solver: str = "auto",
         likelihood_steps: int | None = None,
         divergence: str = "auto",
@@ -89,7 +101,9 @@ class FlowMatching(Flow):
         atol: float = 1e-5,
     ) -> None:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        check_solver(solver, steps)
+        self._check_sampler(solver, steps)
+        check_time_shift(time_shift)
+        check_label_dropout(label_dropout)
         if pairing not in PAIRINGS:
             raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
         if divergence not in DIVERGENCES:
@@ -113,25 +127,36 @@ class FlowMatching(Flow):
         super().__init__(Compose(*preprocess), StandardGaussian(model_shape), shape, n_bits=n_bits)
         self.preprocessing = preprocessing
         self.model_shape = model_shape
-        if len(model_shape) == 1:
-            self.velocity = VelocityMLP(model_shape[0], width, depth, embedding_width, n_classes)
-        else:
-            self.velocity = VelocityUNet(model_shape[0], tuple(level_widths), embedding_width, n_classes)
         self.n_classes = n_classes
-        self.pairing, self.solver, self.steps = pairing, solver, steps
+        self.label_dropout = label_dropout if n_classes else 0.0
+        embeddings = n_classes + 1 if self.label_dropout > 0 else n_classes  # + "no class"
+        interval = self.average_velocity
+        if len(model_shape) == 1:
+            self.velocity = VelocityMLP(model_shape[0], width, depth, embedding_width, embeddings, interval)
+        else:
+            self.velocity = VelocityUNet(model_shape[0], tuple(level_widths), embedding_width, embeddings, interval)
+        self.pairing, self.solver, self.steps, self.time_shift = pairing, solver, steps, time_shift
         self.likelihood_solver, self.likelihood_steps = likelihood_solver, likelihood_steps
         check_solver(*self.likelihood_integration)
         self.divergence, self.probes, self.rtol, self.atol = divergence, probes, rtol, atol
         self.last_nfe = 0  # function evaluations of the latest integration
+        self.last_network_evaluations = 0  # network evaluations of the latest sampling or encoding
         self.network_dtype: torch.dtype | None = None  # see use_network_precision
 
-    def use_solver(self, solver: str | None = None, steps: int | None = None) -> None:
-        """Integrate with ``solver`` and ``steps`` from now on (``None`` keeps the current one);
-        a `ValueError` names the choices for a bad value, and nothing changes then."""
+    average_velocity = False  # the network is v(y, t); MeanFlow's is an average velocity over an interval
+
+    def use_solver(self, solver: str | None = None, steps: int | None = None, time_shift: float | None = None) -> None:
+        """Sample and encode with ``solver``, ``steps`` and ``time_shift`` from now on (``None`` keeps the
+        current one); a `ValueError` names the choices for a bad value, and nothing changes then."""
         solver = self.solver if solver is None else solver
         steps = self.steps if steps is None else steps
+        time_shift = self.time_shift if time_shift is None else time_shift
+        self._check_sampler(solver, steps)
+        check_time_shift(time_shift)
+        self.solver, self.steps, self.time_shift = solver, steps, time_shift
+
+    def _check_sampler(self, solver: str, steps: int) -> None:
         check_solver(solver, steps)
-        self.solver, self.steps = solver, steps
 
     def use_likelihood_solver(self, solver: str | None = None, steps: int | None = None) -> None:
         """Integrate `log_prob` with ``solver`` (or ``"auto"``) and ``steps`` from now on (``None`` keeps
@@ -148,15 +173,31 @@ class FlowMatching(Flow):
 
     def _resolve_likelihood_solver(self, solver: str, steps: int | None) -> tuple[str, int]:
         if solver == "auto":
-            solver = "dopri5" if self.n_bits is not None else self.solver
+            solver = self.solver if self.n_bits is None and self.solver in SOLVERS else "dopri5"
         elif solver not in SOLVERS:
             raise ValueError(f"unknown likelihood solver {solver!r}; choose auto or one of {', '.join(SOLVERS)}")
         return solver, self.steps if steps is None else steps
 
-    capabilities = Capabilities(exact_inverse=False, exact_likelihood=False, solver=True, objective="fm")
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(
+            exact_inverse=False,
+            exact_likelihood=False,
+            solver=True,
+            objective="fm",
+            guidance=self.label_dropout > 0,
+        )
 
     def solver_info(self) -> dict:
-        return {"solver": self.solver, "steps": self.steps, "velocity_evaluations": self.last_nfe}
+        """The latest sampling's or encoding's solver, steps, time shift, velocity evaluations (solver calls)
+        and network evaluations (two per guided velocity)."""
+        return {
+            "solver": self.solver,
+            "steps": self.steps,
+            "time_shift": self.time_shift,
+            "velocity_evaluations": self.last_nfe,
+            "network_evaluations": self.last_network_evaluations,
+        }
 
     def likelihood_info(self) -> dict:
         solver, steps = self.likelihood_integration
@@ -179,7 +220,8 @@ class FlowMatching(Flow):
         t = torch.rand(len(y1), device=y1.device)
         tt = t.view(-1, *[1] * (y1.dim() - 1))
         yt = (1 - tt) * y0 + tt * y1
-        return (self._velocity(yt, t, labels) - (y1 - y0)).square().flatten(1).mean(1)
+        classes = self.class_indices(labels, len(y1), y1.device)
+        return (self._velocity(yt, t, classes) - (y1 - y0)).square().flatten(1).mean(1)
 
     def _to_model_space(self, x: Tensor, labels: Tensor | None) -> Tensor:
         """Training data -> the space the field lives in: uint8 images are dequantised and preprocessed."""
@@ -200,15 +242,46 @@ class FlowMatching(Flow):
         super().use_network_precision(precision)
         self.network_dtype = NETWORK_DTYPES[self.network_precision]
 
-    def _velocity(self, y: Tensor, t: Tensor, labels: Tensor | None, solver: str | None = None) -> Tensor:
-        """``v(y, t, labels)`` in the run's network precision (float32 under ``solver="dopri5"``), in ``y``'s dtype."""
-        return run_network(self.velocity, None if solver == "dopri5" else self.network_dtype, y, t, labels)
+    def _velocity(
+        self, y: Tensor, t: Tensor, classes: Tensor | None, solver: str | None = None, interval: Tensor | None = None
+    ) -> Tensor:
+        """``v(y, t)`` of class indices ``classes`` (`class_indices`) in the run's network precision (float32
+        under ``solver="dopri5"``), in ``y``'s dtype; for average-velocity networks (`lgm.flow.MeanFlow`),
+        over the time ``interval`` ``[B]`` (``None``: 0, the instantaneous velocity)."""
+        inputs = (y, t, classes) if interval is None else (y, t, classes, interval)
+        return run_network(self.velocity, None if solver == "dopri5" else self.network_dtype, *inputs)
 
-    def _integrate(self, y: Tensor, labels: Tensor | None, t0: float, t1: float) -> Tensor:
+    def _guided_velocity(
+        self, y: Tensor, t: Tensor, labels: Tensor | None, solver: str | None = None, interval: Tensor | None = None
+    ) -> Tensor:
+        """The velocity that sampling follows: ``v_u + s (v_c - v_u)`` for the guidance scale ``s`` (one
+        network evaluation where ``s = 1`` or there are no labels, else two); counts them."""
+        strong = self._velocity(y, t, self.class_indices(labels, len(y), y.device), solver, interval)
+        self.last_network_evaluations += 1
+        if self.guidance == NO_GUIDANCE or labels is None:
+            return strong
+        self.last_network_evaluations += 1
+        weak = self._velocity(y, t, self.class_indices(None, len(y), y.device), solver, interval)
+        return guide(strong, weak, self.guidance)
+
+    def _integrate(
+        self,
+        y: Tensor,
+        labels: Tensor | None,
+        t0: float,
+        t1: float,
+        solver: str | None = None,
+        steps: int | None = None,
+    ) -> Tensor:
+        """Follow the (guided) velocity from ``t0`` to ``t1`` with ``solver`` and ``steps`` (default: the
+        sampling solver's)."""
+        solver, steps = solver or self.solver, steps or self.steps
+        self.last_network_evaluations = 0
+
         def dynamics(t: float, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-            return (self._velocity(state[0], torch.full((len(y),), t, device=y.device), labels, self.solver),)
+            return (self._guided_velocity(state[0], torch.full((len(y),), t, device=y.device), labels, solver),)
 
-        (y,), self.last_nfe = odeint(dynamics, (y,), t0, t1, self.solver, self.steps, self.rtol, self.atol)
+        (y,), self.last_nfe = odeint(dynamics, (y,), t0, t1, solver, steps, self.rtol, self.atol, self.time_shift)
         return y
 
     def _integrate_with_logdet(self, y: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -224,7 +297,7 @@ class FlowMatching(Flow):
             # (Lightning's test loop); a clone made outside inference mode can take part in it.
             with torch.inference_mode(False), torch.enable_grad():
                 point = state[0].clone().requires_grad_(True)
-                classes = labels.clone() if labels is not None else None
+                classes = self.class_indices(labels.clone() if labels is not None else None, len(y), y.device)
                 v = self._velocity(point, torch.full((len(y),), t, device=y.device), classes, solver)
                 div = _exact_divergence(v, point) if probes is None else _hutchinson_divergence(v, point, probes)
             return v.detach(), div.detach()

@@ -16,11 +16,12 @@ The inverse is sequential: token ``i`` needs the tokens before it, so sampling r
 one token at a time, keeping the keys and values of the tokens already decoded (`KeyValueCache`):
 ``T`` steps of one token instead of ``T`` full passes.
 
-Guidance (`TarFlow.use_guidance`) moves each token's shift and log-scale away from a weaker model's:
-``theta = theta_c + w (theta_c - theta_u)``. For a class-conditional model trained with label dropout
-the weaker model is the unconditional one (classifier-free guidance); for an unconditional model it
-is the same model with its attention softened by a temperature (the paper's attention guidance).
-Guided samples have no tractable density: ``log_prob`` is always the unguided model's.
+Guidance (`TarFlow.use_guidance`, `lgm.flow.guidance`) moves each token's shift and log-scale away
+from a weaker model's: ``theta = theta_weak + s (theta - theta_weak)``, ``s = 1`` none (the paper's
+``w = s - 1``). For a class-conditional model trained with label dropout the weaker model is the
+unconditional one (classifier-free guidance); otherwise it is the same model with its attention
+softened by a temperature (the paper's attention guidance). Guided samples have no tractable density:
+``log_prob`` is always the unguided model's.
 
 References:
     Zhai, Zhang, Gu, et al. "Normalizing Flows are Capable Generative Models", 2024 (arXiv:2412.06329).
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lgm.flow.base import Compose, Flow, NetworkTransform, Transform
+from lgm.flow.guidance import NO_GUIDANCE, check_guidance_scale, check_label_dropout, guide
 from lgm.flow.latent import Capabilities, Latent
 from lgm.flow.precision import run_network
 from lgm.flow.preprocess import Preprocessing
@@ -203,9 +205,9 @@ class AutoregressiveBlock(NetworkTransform):
     token order or, with ``reverse``, the reversed one. ``logdet = -sum a``.
 
     ``forward`` and `inverse` take ``classes`` ``[B]`` (class indices, ``n_classes`` meaning none) for
-    class-conditional blocks. `inverse` decodes token by token with a `KeyValueCache`; with
-    ``guidance = w > 0`` each token's ``(mu, a)`` becomes ``theta_c + w (theta_c - theta_u)``, ``theta_u``
-    from ``weak_classes`` and ``weak_attention_temperature`` (see the module docstring).
+    class-conditional blocks. `inverse` decodes token by token with a `KeyValueCache`; with a
+    ``guidance`` scale ``s != 1`` each token's ``(mu, a)`` becomes ``theta_weak + s (theta - theta_weak)``,
+    ``theta_weak`` from ``weak_classes`` and ``weak_attention_temperature`` (see the module docstring).
     """
 
     def __init__(self, net: CausalTransformer, token_dim: int, reverse: bool) -> None:
@@ -229,7 +231,7 @@ class AutoregressiveBlock(NetworkTransform):
         self,
         z: Tensor,
         classes: Tensor | None = None,
-        guidance: float = 0.0,
+        guidance: float = NO_GUIDANCE,
         weak_classes: Tensor | None = None,
         weak_attention_temperature: float = 1.0,
     ) -> Tensor:
@@ -246,11 +248,11 @@ class AutoregressiveBlock(NetworkTransform):
                 break
             token = x[:, i : i + 1]
             params = run_network(self.net.step, self.network_dtype, token, caches[0], classes)
-            if guidance:
+            if guidance != NO_GUIDANCE:
                 weak = run_network(
                     self.net.step, self.network_dtype, token, caches[1], weak_classes, weak_attention_temperature
                 )
-                params = params + guidance * (params - weak)
+                params = guide(params, weak, guidance)
         return self._ordered(x)
 
 
@@ -294,8 +296,7 @@ class TarFlow(Flow):
             raise ValueError(f"blocks and layers must be at least 1, got {blocks} and {layers}")
         if n_classes is not None and n_classes < 1:
             raise ValueError(f"n_classes must be at least 1 (or None), got {n_classes}")
-        if not 0 <= label_dropout < 1:
-            raise ValueError(f"label_dropout must be in [0, 1), got {label_dropout}")
+        check_label_dropout(label_dropout)
         preprocess, model_shape = preprocessing.transforms(shape)
         patchify = Patchify(model_shape, patch_size)
         tokens, token_dim = patchify.token_shape
@@ -313,57 +314,42 @@ class TarFlow(Flow):
         )
         self.n_classes = n_classes
         self.label_dropout = label_dropout if n_classes else 0.0
-        self.guidance = 0.0
-        self.attention_temperature: float | None = None
+        self.attention_temperature: float | None = None  # of the weak model of guidance, see use_guidance
 
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(objective=self._likelihood_objective(), guidance=True)
 
-    # -- classes and guidance ------------------------------------------------------------------------
+    # -- guidance ------------------------------------------------------------------------------------
 
-    def _classes(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
-        """Class indices for the blocks: the labels (dropped with ``label_dropout`` in training), or class
-        "none" (index ``n_classes``) where there are none; ``None`` for an unconditional model."""
-        if self.n_classes is None:
-            return None
-        if labels is None:
-            return torch.full((batch,), self.n_classes, device=device, dtype=torch.long)
-        if self.training and self.label_dropout > 0:
-            dropped = torch.rand(batch, device=device) < self.label_dropout
-            return labels.masked_fill(dropped, self.n_classes)
-        return labels
-
-    def check_labels(self, labels: Tensor | None, batch: int) -> None:
-        """As `lgm.flow.Flow.check_labels`, but a class-conditional model trained with label dropout is also
-        the unconditional model: it takes ``labels=None``."""
-        if labels is None and self.n_classes is not None and self.label_dropout > 0:
-            return
-        super().check_labels(labels, batch)
-
-    def use_guidance(self, scale: float = 0.0, attention_temperature: float | None = None) -> None:
-        """Guide sampling with ``scale = w >= 0`` (0: none). Class-conditional models guide away from their
-        unconditional model (classifier-free guidance); unconditional models away from themselves with
-        attention at ``attention_temperature > 1`` (needed for them). A switch of the run: not saved."""
-        if not (scale >= 0 and math.isfinite(scale)):
-            raise ValueError(f"the guidance scale must be a finite number >= 0, got {scale}")
+    def use_guidance(self, scale: float = NO_GUIDANCE, attention_temperature: float | None = None) -> None:
+        """Guide sampling with ``scale = s >= 0`` (1: none; `lgm.flow.guidance`). The weak model is the
+        unconditional one for a class-conditional model trained with label dropout, else the model itself;
+        either with its attention softened by ``attention_temperature`` (> 1) if given, which a model
+        without an unconditional one needs. A switch of the run: it is not saved."""
+        scale = check_guidance_scale(scale)
         softened = attention_temperature
         if softened is not None and not (softened > 0 and math.isfinite(softened)):
             raise ValueError(f"the attention temperature must be a finite number > 0, got {attention_temperature}")
-        if scale and self.n_classes is None and attention_temperature is None:
+        if scale != NO_GUIDANCE and self.label_dropout == 0 and softened is None:
             raise ValueError(
-                "guiding an unconditional TarFlow needs an attention temperature for its weak model "
-                "(e.g. attention_temperature=1.5, --guidance-attention-temperature)"
+                "guiding a TarFlow that has no unconditional model (trained without label dropout) needs an "
+                "attention temperature for its weak model (e.g. attention_temperature=1.5, "
+                "--guidance-attention-temperature)"
             )
-        self.guidance = float(scale)
+        self.guidance = scale
         self.attention_temperature = attention_temperature
+
+    def _weak_classes(self, classes: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
+        """The weak model's classes: "no class" if the model was trained with label dropout, else its own."""
+        return self.class_indices(None, batch, device) if self.label_dropout > 0 else classes
 
     # -- the bijection -------------------------------------------------------------------------------
 
     def bijection(self, x: Tensor, labels: Tensor | None = None) -> tuple[Latent, Tensor]:
         y, logdet = self.transform(x)
         tokens, _ = self.patchify(y)
-        classes = self._classes(labels, x.shape[0], x.device)
+        classes = self.class_indices(labels, x.shape[0], x.device)
         for block in self.blocks:
             tokens, block_logdet = block(tokens, classes)
             logdet = logdet + block_logdet
@@ -386,8 +372,8 @@ class TarFlow(Flow):
         z = latent.levels[0]
         self.check_labels(labels, z.shape[0])
         tokens, _ = self.patchify(z)
-        classes = self._classes(labels, z.shape[0], z.device)
-        weak_classes = self._classes(None, z.shape[0], z.device)
+        classes = self.class_indices(labels, z.shape[0], z.device)
+        weak_classes = self._weak_classes(classes, z.shape[0], z.device)
         weak_temperature = self.attention_temperature or 1.0
         for block in reversed(self.blocks):
             tokens = block.inverse(tokens, classes, self.guidance, weak_classes, weak_temperature)

@@ -1,8 +1,10 @@
 """Velocity networks ``v(x, t, label)`` of continuous flows: an MLP for vectors, a small U-Net for images.
 
-Both take points ``x [B, *shape]``, times ``t [B]`` in ``[0, 1]`` and optional class labels ``[B]``,
-and return velocities shaped like ``x``. Time (and class) enter through a sinusoidal embedding and a
-small MLP; the last layer is zero-initialised, so an untrained field is ``v = 0`` (the identity map).
+Both take points ``x [B, *shape]``, times ``t [B]`` in ``[0, 1]``, optional class indices ``[B]`` and,
+built with ``interval=True`` (the average velocity of a flow map, `lgm.flow.MeanFlow`), the length of
+the time interval ``[B]``, and return velocities shaped like ``x``. Time (interval, class) enter through
+sinusoidal embeddings and small MLPs; the last layers are zero-initialised, so an untrained field is
+``v = 0`` (the identity map), and an interval network starts as the same network without the interval.
 """
 
 from __future__ import annotations
@@ -21,34 +23,46 @@ def time_embedding(t: Tensor, dim: int) -> Tensor:
     return torch.cat((angles.sin(), angles.cos()), dim=1)
 
 
-class Conditioning(nn.Module):
-    """Embedding ``[B, dim]`` of the time and (if class-conditional) the label."""
-
-    def __init__(self, dim: int, n_classes: int | None = None) -> None:
-        super().__init__()
-        self.dim = dim
-        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
-        self.classes = nn.Embedding(n_classes, dim) if n_classes else None
-
-    def forward(self, t: Tensor, labels: Tensor | None = None) -> Tensor:
-        e = self.mlp(time_embedding(t, self.dim))
-        return e + self.classes(labels) if self.classes is not None else e
-
-
 def _zero(layer: nn.Module) -> nn.Module:
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
     return layer
 
 
+class Conditioning(nn.Module):
+    """Embedding ``[B, dim]`` of the time, (if ``n_classes``) the class index and (if ``interval``) the
+    interval length, 0 where none is given; the interval's MLP ends at zero, so it starts without effect."""
+
+    def __init__(self, dim: int, n_classes: int | None = None, interval: bool = False) -> None:
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.classes = nn.Embedding(n_classes, dim) if n_classes else None
+        self.interval = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), _zero(nn.Linear(dim, dim))) if interval else None
+
+    def forward(self, t: Tensor, labels: Tensor | None = None, interval: Tensor | None = None) -> Tensor:
+        e = self.mlp(time_embedding(t, self.dim))
+        if self.classes is not None:
+            e = e + self.classes(labels)
+        if self.interval is not None:
+            e = e + self.interval(time_embedding(torch.zeros_like(t) if interval is None else interval, self.dim))
+        return e
+
+
 class VelocityMLP(nn.Module):
     """``v(x, t)`` for vectors ``x [B, dim]``: an MLP of ``depth`` hidden SiLU layers on ``[x, embedding]``."""
 
     def __init__(
-        self, dim: int, width: int = 128, depth: int = 3, embedding_width: int = 32, n_classes: int | None = None
+        self,
+        dim: int,
+        width: int = 128,
+        depth: int = 3,
+        embedding_width: int = 32,
+        n_classes: int | None = None,
+        interval: bool = False,
     ) -> None:
         super().__init__()
-        self.conditioning = Conditioning(embedding_width, n_classes)
+        self.conditioning = Conditioning(embedding_width, n_classes, interval)
         layers: list[nn.Module] = []
         features = dim + embedding_width
         for _ in range(depth):
@@ -57,8 +71,8 @@ class VelocityMLP(nn.Module):
         layers.append(_zero(nn.Linear(features, dim)))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
-        return self.net(torch.cat((x, self.conditioning(t, labels)), dim=1))
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None, interval: Tensor | None = None) -> Tensor:
+        return self.net(torch.cat((x, self.conditioning(t, labels, interval)), dim=1))
 
 
 class ConditionedResidualBlock(nn.Module):
@@ -92,9 +106,10 @@ class VelocityUNet(nn.Module):
         level_widths: tuple[int, ...] = (32, 64, 64),
         embedding_width: int = 64,
         n_classes: int | None = None,
+        interval: bool = False,
     ) -> None:
         super().__init__()
-        self.conditioning = Conditioning(embedding_width, n_classes)
+        self.conditioning = Conditioning(embedding_width, n_classes, interval)
         self.factor = 2 ** (len(level_widths) - 1)
         finest, coarsest = level_widths[0], level_widths[-1]
         self.stem = nn.Conv2d(channels, finest, 3, padding=1)
@@ -111,13 +126,13 @@ class VelocityUNet(nn.Module):
             nn.GroupNorm(min(8, finest), finest), nn.SiLU(), _zero(nn.Conv2d(finest, channels, 3, padding=1))
         )
 
-    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None, interval: Tensor | None = None) -> Tensor:
         if x.shape[-1] % self.factor or x.shape[-2] % self.factor:
             raise ValueError(
                 f"the U-Net halves the resolution {self.factor // 2 or 1} time(s): image sides must be "
                 f"divisible by {self.factor}, got {list(x.shape[-2:])}; use fewer level_widths or pad_to"
             )
-        e = self.conditioning(t, labels)
+        e = self.conditioning(t, labels, interval)
         h = self.stem(x)
         skips = []
         for i, block in enumerate(self.down):

@@ -12,7 +12,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric
 
 from lgm.flow.base import DataInitialized, Flow
-from lgm.flow.io import check_compatible, flow_spec
+from lgm.flow.io import check_compatible, check_readable, flow_spec, load
 from lgm.flow.precision import resolve_precision
 from lgm.train.guard import TrainingDiverged, describe_nonfinite
 from lgm.train.optim import OPTIMIZERS, SCHEDULES, lr_factor, make_optimizer, parameter_groups
@@ -90,6 +90,9 @@ class FlowModule(L.LightningModule):
             where the device has bf16 matrix units), in place of the trainer's ``precision`` (refused: it
             acts on the whole model). The precision used and the machine (CPU model and flags) are
             logged with the run's hyperparameters.
+        start_from: a model file or checkpoint of a trained flow whose weights a new run starts from
+            (`lgm.flow.Flow.start_from`: fine-tuning, or distilling a `lgm.flow.FlowMatching` into a
+            `lgm.flow.MeanFlow`); a resumed run keeps its own.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class FlowModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         compile: bool = False,
         network_precision: str = "32",
+        start_from: str | None = None,
     ) -> None:
         super().__init__()
         flow_spec(flow)  # fail now, not at the first checkpoint, if the flow cannot be saved
@@ -150,6 +154,10 @@ class FlowModule(L.LightningModule):
         self.dequant_samples, self.init_samples = dequant_samples, init_samples
         self.gradient_checkpointing, self.compile_nets = gradient_checkpointing, compile
         self.network_precision = network_precision
+        if start_from is not None:
+            check_readable(start_from)  # fail now, not after the data are loaded
+        self.start_from = start_from
+        self._started_from = False
         self.val_mean, self.test_mean = MeanMetric(), MeanMetric()
         self.bad_in_a_row = self.skipped_steps = 0
         self._last_loss: Tensor | None = None
@@ -355,8 +363,12 @@ class FlowModule(L.LightningModule):
         self.initialize_flow()
 
     def initialize_flow(self) -> None:
-        """Initialise the data-dependent layers from ``init_samples`` training samples (once: a no-op
-        when they are already set, e.g. after resuming). Under DDP the statistics are global."""
+        """Before the first step of a new run, take the weights of ``start_from``; then initialise the
+        data-dependent layers from ``init_samples`` training samples (once: a no-op when they are already
+        set, e.g. after resuming). Under DDP the statistics are global."""
+        if self.start_from is not None and not self._started_from and self.trainer.ckpt_path is None:
+            self.flow.start_from(load(self.start_from, map_location=self.device))
+        self._started_from = True
         layers = [m for m in self.flow.modules() if isinstance(m, DataInitialized)]
         if layers and not all(bool(m.initialized) for m in layers):
             with self._random_stream(2, self.global_rank):
