@@ -170,12 +170,21 @@ class MeanFlow(FlowMatching):
         ys = (1 - s.view(view)) * y0 + s.view(view) * y1
         classes = self.class_indices(labels, len(y1), y1.device)
         v = y1 - y0 if self.teacher is None else self._teacher_velocity(ys, s, classes)
+        u, target = torch.empty_like(ys), v.clone()
+        # At s = t the target is v itself: one plain pass (in the run's network precision). Only the pairs
+        # with s < t need du/ds, a Jacobian-vector product, in float32 (autocast has no forward-mode
+        # convolutions on CPUs).
+        same, apart = (s == t).nonzero().squeeze(1), (s < t).nonzero().squeeze(1)
+        if len(same):
+            u[same] = self._velocity(ys[same], s[same], _pick(classes, same), None, torch.zeros_like(s[same]))
+        if len(apart):
+            classes_apart, end = _pick(classes, apart), t[apart]
 
-        def average_velocity(y: Tensor, start: Tensor) -> Tensor:
-            return self._velocity(y, start, classes, None, t - start)
+            def average_velocity(y: Tensor, start: Tensor) -> Tensor:
+                return run_network(self.velocity, None, y, start, classes_apart, end - start)
 
-        u, du_ds = torch.func.jvp(average_velocity, (ys, s), (v, torch.ones_like(s)))
-        target = (v + (t - s).view(view) * du_ds).detach()
+            u[apart], du_ds = torch.func.jvp(average_velocity, (ys[apart], s[apart]), (v[apart], torch.ones_like(end)))
+            target[apart] += (end - s[apart]).view(view) * du_ds.detach()
         error = (u - target).square().flatten(1).mean(1)
         return error / (error.detach() + ADAPTIVE_WEIGHT_OFFSET) ** self.weighting_power
 
@@ -208,3 +217,7 @@ class MeanFlow(FlowMatching):
             y = y + (end - start) * self._guided_velocity(y, start_times, labels, None, interval)
         self.last_nfe = self.steps
         return y
+
+
+def _pick(classes: Tensor | None, index: Tensor) -> Tensor | None:
+    return classes[index] if classes is not None else None
