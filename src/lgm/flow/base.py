@@ -177,7 +177,8 @@ class Flow(nn.Module):
       trained with noise;
     * ``encode(x, labels) -> Latent``, ``decode(latent, labels) -> x``, ``interpolate``, ``standardize``;
     * ``bijection(x, labels) -> (Latent, logdet)`` for flows with an exact inverse (what `check_invertible` checks);
-    * ``initialize(x, labels)``: the data-dependent layers, once;
+    * ``initialize(x, labels)``: the data-dependent layers, once; ``start_from(flow)``: a trained model's
+      weights, to train on from;
     * ``capabilities`` (see `lgm.flow.latent.Capabilities`), ``latent_shapes``, and the hooks
       ``use_solver``, ``solver_info``, ``likelihood_info``, ``use_guidance``,
       ``per_dimension_log_scale``, ``configure_networks``, which do nothing (or refuse) where a family
