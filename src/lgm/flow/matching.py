@@ -79,6 +79,8 @@ class FlowMatching(Flow):
         rtol, atol: tolerances of the adaptive ``dopri5`` solver.
     """
 
+    average_velocity = False  # the network is v(y, t); MeanFlow's is an average velocity over an interval
+
     def __init__(
         self,
         shape: int | Sequence[int] = 2,
@@ -129,12 +131,7 @@ class FlowMatching(Flow):
         self.model_shape = model_shape
         self.n_classes = n_classes
         self.label_dropout = label_dropout if n_classes else 0.0
-        embeddings = n_classes + 1 if self.label_dropout > 0 else n_classes  # + "no class"
-        interval = self.average_velocity
-        if len(model_shape) == 1:
-            self.velocity = VelocityMLP(model_shape[0], width, depth, embedding_width, embeddings, interval)
-        else:
-            self.velocity = VelocityUNet(model_shape[0], tuple(level_widths), embedding_width, embeddings, interval)
+        self.velocity = self._velocity_network(width, depth, level_widths, embedding_width, self.average_velocity)
         self.pairing, self.solver, self.steps, self.time_shift = pairing, solver, steps, time_shift
         self.likelihood_solver, self.likelihood_steps = likelihood_solver, likelihood_steps
         check_solver(*self.likelihood_integration)
@@ -143,7 +140,15 @@ class FlowMatching(Flow):
         self.last_network_evaluations = 0  # network evaluations of the latest sampling or encoding
         self.network_dtype: torch.dtype | None = None  # see use_network_precision
 
-    average_velocity = False  # the network is v(y, t); MeanFlow's is an average velocity over an interval
+    def _velocity_network(
+        self, width: int, depth: int, level_widths: Sequence[int], embedding_width: int, interval: bool
+    ) -> VelocityMLP | VelocityUNet:
+        """The velocity MLP (vectors) or U-Net (images) of this model's classes (and "no class", with label
+        dropout), taking the length of a time interval too if ``interval``."""
+        embeddings = self.n_classes + 1 if self.label_dropout > 0 else self.n_classes
+        if len(self.model_shape) == 1:
+            return VelocityMLP(self.model_shape[0], width, depth, embedding_width, embeddings, interval)
+        return VelocityUNet(self.model_shape[0], tuple(level_widths), embedding_width, embeddings, interval)
 
     def use_solver(self, solver: str | None = None, steps: int | None = None, time_shift: float | None = None) -> None:
         """Sample and encode with ``solver``, ``steps`` and ``time_shift`` from now on (``None`` keeps the

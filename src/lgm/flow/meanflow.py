@@ -40,7 +40,6 @@ from lgm.flow.matching import FlowMatching, _ot_assignment
 from lgm.flow.ode import SOLVERS, check_solver, time_grid
 from lgm.flow.precision import run_network
 from lgm.flow.preprocess import Preprocessing
-from lgm.flow.velocity import VelocityMLP, VelocityUNet
 
 FLOW_MAP = "flow_map"  # the sampler of jumps of the learned flow map
 ADAPTIVE_WEIGHT_OFFSET = 1e-3  # MeanFlow's c in the adaptive weight 1 / (error + c)^p
@@ -118,11 +117,7 @@ class MeanFlow(FlowMatching):
         self.weighting_power = weighting_power
         self.teacher = None
         if teacher:
-            embeddings = n_classes + 1 if self.label_dropout > 0 else n_classes
-            if len(self.model_shape) == 1:
-                self.teacher = VelocityMLP(self.model_shape[0], width, depth, embedding_width, embeddings)
-            else:
-                self.teacher = VelocityUNet(self.model_shape[0], tuple(level_widths), embedding_width, embeddings)
+            self.teacher = self._velocity_network(width, depth, level_widths, embedding_width, interval=False)
             self.teacher.requires_grad_(False)
         # Whether start_from has given the teacher its weights (saved, so that a resumed run knows).
         self.register_buffer("teacher_ready", torch.tensor(False))
