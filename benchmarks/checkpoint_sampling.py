@@ -2,13 +2,14 @@
 
     python -m benchmarks.checkpoint_sampling --ckpt NICE=nice.ckpt --ckpt FM=fm.ckpt \\
         [--threads 1] [--repeats 5] [--n 100] [--temperature 1.0] [--solver midpoint --steps 16] \
-        [--time-shift 1.0] [--guidance 1.0]
+        [--time-shift 1.0] [--guidance 1.0] [--network-precision 32]
 
 Prints a markdown table of images/s: the median of ``--repeats`` timings of one call drawing ``--n``
 images, the models measured in turns (interleaved) so that a load on the machine hits all alike.
 ``--solver``/``--steps``/``--time-shift`` set the sampler of continuous flows (`FlowMatching`,
 `MeanFlow`) and are ignored by the others, whose sampling is one pass through the inverse flow;
-``--guidance`` applies to models with guided sampling. Class-conditional models draw the classes in turn.
+``--guidance`` applies to models with guided sampling, ``--network-precision`` to every model (bf16-mixed:
+the networks under bf16 autocast). Class-conditional models draw the classes in turn.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import argparse
 import torch
 
 from benchmarks.common import interleaved_rates, machine_line, markdown_table, n_parameters
-from lgm.cli.options import add_sampler_options
+from lgm.cli.options import add_network_precision_option, add_sampler_options
 from lgm.flow import load
 
 
@@ -33,6 +34,7 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="prior temperature (default 1.0)")
     add_sampler_options(p)
     p.add_argument("--guidance", type=float, default=1.0, help="guidance scale of guided models (default 1: none)")
+    add_network_precision_option(p)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     models = {}
@@ -45,6 +47,7 @@ def main() -> None:
             models[name].use_solver(args.solver, args.steps, args.time_shift)
         if models[name].capabilities.guidance:
             models[name].use_guidance(args.guidance)
+        models[name].use_network_precision(args.network_precision)
     calls = {
         name: (lambda m=m: m.sample(args.n, temperature=args.temperature, labels=_labels(m, args.n)))
         for name, m in models.items()
@@ -62,8 +65,8 @@ def main() -> None:
         for name, m in models.items()
     ]
     print(
-        f"Sampling {args.n} images at T = {args.temperature}, {machine_line(with_normflows=False)}; "
-        f"median of {args.repeats} calls\n"
+        f"Sampling {args.n} images at T = {args.temperature}, networks at {args.network_precision}, "
+        f"{machine_line(with_normflows=False)}; median of {args.repeats} calls\n"
     )
     print(markdown_table(["model", "class", "parameters", "images/s", "relative to the fastest"], rows))
 

@@ -47,11 +47,11 @@ def test_checkpoint_sampling_times_guided_and_few_step_models_side_by_side(tmp_p
         sys,
         "argv",
         ["checkpoint_sampling", "--ckpt", f"FM={tmp_path / 'fm.pt'}", "--ckpt", f"MF={tmp_path / 'mf.pt'}"]
-        + ["--n", "6", "--repeats", "1", "--steps", "2", "--guidance", "2"],
+        + ["--n", "6", "--repeats", "1", "--steps", "2", "--guidance", "2", "--network-precision", "bf16-mixed"],
     )
     checkpoint_sampling.main()
     out = capsys.readouterr().out
-    assert cpu_model() in out
+    assert cpu_model() in out and "networks at bf16-mixed" in out
     fm, mf = (
         [c.strip() for c in line.strip("|").split("|")] for line in out.splitlines() if line[:4] in ("| FM", "| MF")
     )
