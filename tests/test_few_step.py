@@ -274,6 +274,7 @@ def test_meanflow_arguments_and_samplers_are_checked():
     with pytest.raises(ValueError, match="unknown sampler 'leapfrog'; choose flow_map or an ODE solver"):
         mf.use_solver("leapfrog")
     assert mf.solver == "flow_map" and mf.capabilities.solver and not mf.capabilities.guidance
+    assert mf.capabilities.objective == "meanflow"  # logged as train/meanflow, val/meanflow
     with pytest.raises(ValueError, match="unknown ODE solver 'flow_map'"):
         FlowMatching(2, solver="flow_map")
 

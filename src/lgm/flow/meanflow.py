@@ -30,12 +30,14 @@ average velocities, ``u_u + s (u_c - u_u)``: at ``s != 1`` an approximation of t
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from lgm.flow.base import Flow
+from lgm.flow.latent import Capabilities
 from lgm.flow.matching import FlowMatching, _ot_assignment
 from lgm.flow.ode import SOLVERS, check_solver, time_grid
 from lgm.flow.precision import run_network
@@ -121,6 +123,10 @@ class MeanFlow(FlowMatching):
             self.teacher.requires_grad_(False)
         # Whether start_from has given the teacher its weights (saved, so that a resumed run knows).
         self.register_buffer("teacher_ready", torch.tensor(False))
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return dataclasses.replace(super().capabilities, objective="meanflow")
 
     def _check_sampler(self, solver: str, steps: int) -> None:
         if solver != FLOW_MAP and solver not in SOLVERS:
