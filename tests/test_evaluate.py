@@ -406,6 +406,20 @@ def test_evaluate_writes_the_report_and_figures(tmp_path):
         assert all((tmp_path / kind / f"report_{name}.png").is_file() for name in expected)
 
 
+def test_evaluate_draws_the_likelihood_figures_only_with_the_likelihood_metric(tmp_path):
+    # Latent norms and the corruption curves measure likelihoods (an ODE solve per image for a continuous
+    # flow): a report that does not ask for bits/dim skips them and keeps the sample figures.
+    data = fake_data(tmp_path)
+    weights = tmp_path / "classifier.pt"
+    save_classifier(classifier_for("fashion_mnist"), weights)
+    ckpt = tiny_models(data, tmp_path)["glow"]
+    args = ["--ckpt", str(ckpt), "--data", "fashion_mnist", "--data-dir", str(data), "--metrics", "fid"]
+    report = main_report(tmp_path / "r.json", [*args, "--n-samples", "20", "--classifier-weights", str(weights)])
+    assert {"samples_temperatures", "real_vs_generated", "reconstructions"} <= set(report["figures"])
+    assert not {"latent_norms", "corruption"} & set(report["figures"])
+    assert "corruption" not in report["diagnostics"] and "latent_norms" not in report["diagnostics"]
+
+
 def test_evaluate_baselines_and_the_floor(tmp_path):
     data = fake_data(tmp_path)
     weights = tmp_path / "classifier.pt"

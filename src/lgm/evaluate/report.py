@@ -463,6 +463,10 @@ def _flow_diagnostics(flow: Flow, arrays, settings: EvalSettings) -> tuple[dict,
             {"frames": frames, "title": "latent interpolation" + (f", {what}" if levels > 1 else "")},
         )
 
+    if "bpd" not in settings.metrics:
+        # The figures below measure likelihoods (an ODE solve per image for continuous flows): they come
+        # with the likelihood metric only.
+        return diagnostics, figures
     n_norm = min(2000, len(arrays.x_test))
     # Dequantised as in training: under a perfect model these latents follow the prior exactly.
     eps = torch.cat(
