@@ -160,6 +160,29 @@ def test_training_on_from_a_run_that_ended_mid_epoch_warns(tmp_path, monkeypatch
     assert "lgm-flow: warning: " in capsys.readouterr().err
 
 
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    """Run folders are named by the second a run starts; a second run in that second gets ``-2``."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("lgm.train.setup.datetime", _FrozenClock)
+    main(["fit", *TINY, "--model.lr", "2e-3"])
+    main(["fit", *TINY, "--model.lr", "1e-4"])
+    runs = tmp_path / "runs" / "lgm"
+    assert sorted(p.name for p in runs.iterdir()) == ["20260101-120000", "20260101-120000-2"]
+    for run, lr in (("20260101-120000", 2e-3), ("20260101-120000-2", 1e-4)):
+        assert (runs / run / "checkpoints" / "last.ckpt").is_file()
+        assert yaml.safe_load((runs / run / "config.yaml").read_text())["model"]["lr"] == lr
+
+
+class _FrozenClock:
+    """``datetime`` whose ``now()`` is always the same second."""
+
+    @staticmethod
+    def now():
+        from datetime import datetime
+
+        return datetime(2026, 1, 1, 12, 0, 0)
+
+
 class _LaterClock:
     """``datetime`` whose ``now()`` is a day later, so a new run folder would get a new name."""
 

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -19,7 +20,14 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lgm.flow.io import CheckpointError, check_readable
 from lgm.train.callbacks import RunCheckpoint, TrainingTimeSnapshots
 from lgm.train.module import FlowModule
-from lgm.train.setup import DEFAULT_ROOT_DIR, RUN_CALLBACKS, RUN_GROUP, new_run_version, trainer_settings
+from lgm.train.setup import (
+    DEFAULT_ROOT_DIR,
+    RUN_CALLBACKS,
+    RUN_GROUP,
+    new_run_version,
+    trainer_settings,
+    unused_run_version,
+)
 from lgm.viz.callbacks import SampleGrid, ToyDiagnostics
 
 DEFAULT_FLOW = {"class_path": "lgm.flow.NiceFlow", "init_args": {"shape": [2], "prior": "gaussian"}}
@@ -48,7 +56,16 @@ def default_trainer(run_version: str) -> dict:
 
 class FlowCLI(LightningCLI):
     """Adds what every run gets: checkpoints (last, on SIGTERM too, and best by ``val/loss``), 2-D
-    diagnostics, sample grids."""
+    diagnostics, sample grids.
+
+    ``names_run_folder``: whether this process chose the run folder's name (`fixed_run_version`), and so
+    may change it when another run already holds that folder; False in the processes DDP launches,
+    which must log into the folder their parent named.
+    """
+
+    def __init__(self, *args: Any, names_run_folder: bool = True, **kwargs: Any) -> None:
+        self.names_run_folder = names_run_folder
+        super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Two checkpoint callbacks share `last.ckpt` (no version counter, so both overwrite the one file):
@@ -107,8 +124,9 @@ class FlowCLI(LightningCLI):
         The loggers write into ``<trainer.default_root_dir>/lgm/<version>/`` (checkpoints go into its
         ``checkpoints/``), unless a logger's ``save_dir`` was set. ``fit --ckpt_path
         <root>/lgm/<version>/checkpoints/<file>`` resumes into that run's folder, so that a run's logs,
-        checkpoints and snapshots stay in one place across interruptions. A version set on the command
-        line or in a config (not the fresh default) is left alone."""
+        checkpoints and snapshots stay in one place across interruptions. A new run whose folder name
+        (the second it started) another run already holds gets ``-2``, ``-3``, ... appended. A version
+        set on the command line or in a config (not the fresh default) is left alone."""
         config = self.config.get(self.config.get("subcommand") or "", None)
         if config is None:
             return
@@ -120,12 +138,15 @@ class FlowCLI(LightningCLI):
         for args in logger_args:
             if root and args.get("save_dir") == DEFAULT_ROOT_DIR:
                 args.save_dir = str(root)
-        if self.config.subcommand != "fit":
-            return
-        version = resumed_run_version(config.get("ckpt_path"), logger_args)
-        for args in logger_args if version else []:
-            if args.get("version") == os.environ.get("LGM_RUN_VERSION"):
-                args.version = version
+        fresh = os.environ.get("LGM_RUN_VERSION")
+        defaults = [args for args in logger_args if args.get("version") == fresh]
+        version = resumed_run_version(config.get("ckpt_path"), logger_args) if self.config.subcommand == "fit" else None
+        if version is None and self.names_run_folder and defaults:
+            folders = [Path(args.get("save_dir") or ".") / (args.get("name") or "") for args in defaults]
+            version = unused_run_version(folders, fresh)
+            os.environ["LGM_RUN_VERSION"] = version  # the processes DDP launches inherit it
+        for args in defaults if version else []:
+            args.version = version
 
     def _parse_ckpt_path(self) -> None:
         """Check a ``--ckpt_path`` file before anything reads it. (Lightning's version of this hook reads
@@ -209,12 +230,14 @@ def fixed_run_version() -> Iterator[str]:
 
 def run_lightning(args: list[str] | None) -> None:
     """Run Lightning's subcommands (``fit``, ``validate``, ``test``, ``predict``) on ``args``."""
+    names_run_folder = "LGM_RUN_VERSION" not in os.environ  # else a DDP rank launched by a parent run
     with fixed_run_version() as version:
         FlowCLI(
             FlowModule,
             L.LightningDataModule,
             subclass_mode_data=True,
             trainer_defaults=default_trainer(version),
+            names_run_folder=names_run_folder,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"exit_on_error": False},  # `main` reports a bad option in one line

@@ -107,7 +107,7 @@ def fit_flow(
             raise ValueError(f"{name} must be a positive number, got {value}")
     root = (trainer_args or {}).get("default_root_dir")
     if run_dir is None and root is not None:
-        run_dir = run_folder(root, new_run_version())
+        run_dir = run_folder(root, new_run_version(root))
     run_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="lgm-fit-"))
     last = run_dir / LAST_CHECKPOINT
     ckpt_path = None

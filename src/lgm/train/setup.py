@@ -23,9 +23,20 @@ RUN_GROUP = "lgm"  # runs live in <root>/lgm/<version>/
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"  # inside a run folder
 
 
-def new_run_version() -> str:
-    """The name of a new run folder: the date and time, ``YYYYmmdd-HHMMSS``."""
-    return datetime.now().strftime("%Y%m%d-%H%M%S")
+def new_run_version(root: str | Path = DEFAULT_ROOT_DIR) -> str:
+    """The name of a new run folder under ``root``: the date and time, ``YYYYmmdd-HHMMSS`` (see
+    `unused_run_version` for runs started in the same second)."""
+    return unused_run_version([Path(root) / RUN_GROUP], datetime.now().strftime("%Y%m%d-%H%M%S"))
+
+
+def unused_run_version(parents: list[Path], version: str) -> str:
+    """``version``, else ``version-2``, ``version-3``, ...: the first name that no folder in ``parents``
+    holds yet, so that two runs started in the same second never share a folder."""
+    name, count = version, 1
+    while any((parent / name).exists() for parent in parents):
+        count += 1
+        name = f"{version}-{count}"
+    return name
 
 
 def run_folder(root: str | Path, version: str) -> Path:
