@@ -1,1 +1,1 @@
-"""Scripts that turn training runs into the measured tables of the README and docs/experiments.md."""
+"""Scripts that turn training runs into the measured tables of docs/results.md and docs/experiments.md."""

@@ -4,7 +4,7 @@ moments, learning-rate schedule and logged metrics.
 
 Each case runs the family's recipe in a subprocess with `training_probes.SignalAtStep`, which sends the
 signal right after an optimiser step (before the checkpoint callbacks of that step run), then resumes
-it with the same command line plus ``--ckpt_path``, as the README says.
+it with the same command line plus ``--ckpt_path``, as docs/how-to/training.md says.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
-# The README's toy recipe, shrunk: 9 steps per epoch, validation (and `last.ckpt`, `best-*.ckpt`) after
+# The toy recipe (configs/nice_banana.yaml), shrunk: 9 steps per epoch, validation (and `last.ckpt`, `best-*.ckpt`) after
 # each, a periodic checkpoint every 5 steps, a warmup and cosine schedule, stopped by max_steps (the
 # stopping rule under which Lightning resumes end-of-epoch checkpoints one epoch off).
 TOY_RUN = [

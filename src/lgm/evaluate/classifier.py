@@ -27,7 +27,7 @@ SIZE = 32
 FEATURE_DIM = 256
 
 # SHA-256 of the shipped weight files, checked by `load_classifier` before they are read, and the
-# test-set accuracy each reached (all 10,000 test images; see the README for the commands).
+# test-set accuracy each reached (all 10,000 test images; docs/how-to/evaluation.md has the commands).
 SHIPPED_WEIGHTS = {
     "mnist": "78646215dba8e9a8239e7f89a62fa4fedda1413703546e20c20f9618f20cd9ae",
     "fashion_mnist": "f51d3628630308bdfe3a729a35756bf4cd26a82afa62424c2a912cd47fc8c738",

@@ -115,7 +115,7 @@ class ChannelsLastNet(nn.Sequential):
     """A convolutional network run in channels-last memory layout (NHWC), each convolution followed
     by an actnorm computed as one convolution.
 
-    Both choices come from profiling Glow (see the README's "Performance"): its coupling networks
+    Both choices come from profiling Glow (docs/benchmarks.md): its coupling networks
     spend most of their time in convolutions on wide hidden activations, and the elementwise passes
     around them come next.
 
