@@ -111,6 +111,10 @@ CLI_CASES = [
     (["evaluate", "--ckpt", "junk.ckpt", "--data", "mnist"], "is not a complete PyTorch file"),
     # sampling options and output paths
     (["sample", "--ckpt", "toy.pt", "--n", "0"], "--n must be at least 1, got 0"),
+    (["sample", "--pretrained", "mnist/nothing"], "no pretrained model 'mnist/nothing'; choose one of"),
+    (["evaluate", "--pretrained", "mnist/nothing"], "no pretrained model 'mnist/nothing'; choose one of"),
+    (["pretrained", "mnist/nothing"], "no pretrained model 'mnist/nothing'; choose one of"),
+    (["evaluate", "--ckpt", "toy.pt"], "--data is required"),
     (["sample", "--ckpt", "toy.pt", "--temperature", "-1"], "temperature must be a finite number >= 0"),
     (["sample", "--ckpt", "toy.pt", "--temperature", "nan"], "temperature must be a finite number >= 0"),
     (["sample", "--ckpt", "toy.pt", "--labels", "3"], "--labels needs a class-conditional model"),
@@ -154,7 +158,7 @@ def test_the_program_lists_every_subcommand(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
-    assert listed == ["fit", "validate", "test", "predict", "sample", "evaluate", "classifier"]
+    assert listed == ["fit", "validate", "test", "predict", "sample", "evaluate", "classifier", "pretrained"]
     with pytest.raises(SystemExit) as exit_info:
         main([])
     assert exit_info.value.code == 2 and "usage: lgm-flow SUBCOMMAND" in capsys.readouterr().err

@@ -22,9 +22,9 @@ pytestmark = pytest.mark.slow
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
-# The toy recipe (configs/nice_banana.yaml), shrunk: 9 steps per epoch, validation (and `last.ckpt`, `best-*.ckpt`) after
-# each, a periodic checkpoint every 5 steps, a warmup and cosine schedule, stopped by max_steps (the
-# stopping rule under which Lightning resumes end-of-epoch checkpoints one epoch off).
+# The toy recipe (configs/nice_banana.yaml), shrunk: 9 steps per epoch, validation (and `last.ckpt`,
+# `best-*.ckpt`) after each, a periodic checkpoint every 5 steps, a warmup and cosine schedule, stopped
+# by max_steps (the stopping rule under which Lightning resumes end-of-epoch checkpoints one epoch off).
 TOY_RUN = [
     "--config",
     str(Path(__file__).parents[1] / "configs" / "nice_banana.yaml"),

@@ -15,6 +15,7 @@ from lgm.cli.options import (
 from lgm.evaluate.features import SPLITS
 from lgm.evaluate.report import BASELINES, METRICS, EvalSettings, evaluate
 from lgm.flow.guidance import NO_GUIDANCE
+from lgm.flow.zoo import model_card, pretrained_file
 from lgm.utils.files import check_writable
 from lgm.viz.report import draw_report_figures
 
@@ -29,6 +30,12 @@ def evaluate_main(argv: list[str]) -> dict:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt", help="checkpoint (.ckpt) or file written by lgm.flow.save")
     source.add_argument(
+        "--pretrained",
+        metavar="NAME",
+        help="a shipped model (`lgm-flow pretrained` lists them), with its card's data set, sampling settings "
+        "and temperature as the defaults",
+    )
+    source.add_argument(
         "--baseline",
         choices=BASELINES,
         help=(
@@ -36,7 +43,9 @@ def evaluate_main(argv: list[str]) -> dict:
             "Gaussian samples fit to the training set"
         ),
     )
-    parser.add_argument("--data", required=True, help="data set of the model: mnist, fashion_mnist or cifar10")
+    parser.add_argument(
+        "--data", help="data set of the model: mnist, fashion_mnist or cifar10 (required, except with --pretrained)"
+    )
     parser.add_argument(
         "--metrics",
         default="bpd,fid,kid,is,pr",
@@ -112,6 +121,7 @@ def evaluate_main(argv: list[str]) -> dict:
     parser.add_argument(
         "--out", default="report.json", help="JSON report; figures are written beside it (default report.json)"
     )
+    parser.set_defaults(guidance=None)  # None: a --pretrained model card's, else none
     args = parser.parse_args(argv)
     try:
         check_writable(args.out)  # before the evaluation, which may take hours
@@ -119,8 +129,17 @@ def evaluate_main(argv: list[str]) -> dict:
         parser.error(str(e))
     if args.temperature is not None and args.select_temperature:
         parser.error("give either --temperature or --select-temperature, not both")
-    if args.guidance != NO_GUIDANCE and args.select_guidance:
+    if args.guidance is not None and args.select_guidance:
         parser.error("give either --guidance or --select-guidance, not both")
+    ckpt, sampling = args.ckpt, {}
+    if args.pretrained:
+        try:
+            ckpt, sampling = str(pretrained_file(args.pretrained)), model_card(args.pretrained).get("sampling", {})
+        except (FileNotFoundError, ValueError) as e:
+            parser.error(str(e))
+        args.data = args.data or args.pretrained.split("/")[0]
+    if args.data is None:
+        parser.error("--data is required: the data set of the model (mnist, fashion_mnist or cifar10)")
     candidates = parse_candidates(parser, "--select-temperature", args.select_temperature)
     guidances = parse_candidates(parser, "--select-guidance", args.select_guidance)
 
@@ -130,7 +149,7 @@ def evaluate_main(argv: list[str]) -> dict:
         n_samples=args.n_samples,
         inception_n=args.inception_n,
         seed=args.seed,
-        temperature=1.0 if args.temperature is None else args.temperature,
+        temperature=sampling.get("temperature", 1.0) if args.temperature is None else args.temperature,
         select_temperatures=candidates,
         select_guidances=guidances,
         select_n=args.select_n,
@@ -141,20 +160,20 @@ def evaluate_main(argv: list[str]) -> dict:
         figures=not args.no_figures,
         data_dir=args.data_dir,
         classifier_weights=args.classifier_weights,
-        solver=args.solver,
-        steps=args.steps,
-        time_shift=args.time_shift,
+        solver=sampling.get("solver") if args.solver is None else args.solver,
+        steps=sampling.get("steps") if args.steps is None else args.steps,
+        time_shift=sampling.get("time_shift") if args.time_shift is None else args.time_shift,
         likelihood_solver=args.likelihood_solver,
         likelihood_steps=args.likelihood_steps,
         network_precision=args.network_precision,
         inception_runtime=args.inception_runtime,
         denoise=args.denoise,
         denoise_step=args.denoise_step,
-        guidance=args.guidance,
+        guidance=sampling.get("guidance", NO_GUIDANCE) if args.guidance is None else args.guidance,
         guidance_attention_temperature=args.guidance_attention_temperature,
     )
     try:
-        report = evaluate(args.out, settings, ckpt=args.ckpt, baseline=args.baseline, draw=draw_report_figures)
+        report = evaluate(args.out, settings, ckpt=ckpt, baseline=args.baseline, draw=draw_report_figures)
     except (FileNotFoundError, ModuleNotFoundError, ValueError) as e:
         parser.error(str(e))
     print(f"wrote {args.out}")

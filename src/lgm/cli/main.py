@@ -1,8 +1,8 @@
 """The ``lgm-flow`` program: one entry point for every subcommand.
 
 ``fit``, ``validate``, ``test`` and ``predict`` are Lightning's CLI (`lgm.cli.lightning`); ``sample``
-(`lgm.cli.sample`), ``evaluate`` (`lgm.cli.evaluate`) and ``classifier`` (`lgm.cli.classifier`) are
-lgm's own. Every subcommand reports errors the same way (see `main`).
+(`lgm.cli.sample`), ``evaluate`` (`lgm.cli.evaluate`), ``classifier`` (`lgm.cli.classifier`) and
+``pretrained`` (`lgm.cli.pretrained`) are lgm's own. Every subcommand reports errors the same way (see `main`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "sample": "draw samples from a checkpoint or model file into a picture",
     "evaluate": "bits/dim, FID, KID, IS, precision/recall and figures of a checkpoint or baseline, as a JSON report",
     "classifier": "train or test the feature classifier of the classifier protocol",
+    "pretrained": "list the trained models shipped with the package (sample or evaluate one with --pretrained NAME)",
 }
 DEBUG_ENV = "LGM_DEBUG"  # set to 1 for the full traceback of an error (as --debug does)
 
@@ -115,6 +116,10 @@ def run_subcommand(argv: list[str]) -> None:
         from lgm.cli.evaluate import evaluate_main
 
         evaluate_main(argv[1:])
+    elif argv[:1] == ["pretrained"]:
+        from lgm.cli.pretrained import pretrained_main
+
+        pretrained_main(argv[1:])
     elif argv[:1] == ["classifier"]:
         from lgm.cli.classifier import classifier_main
 

@@ -1,4 +1,5 @@
-"""``lgm-flow sample``: draw samples from a checkpoint or model file and save them as a picture."""
+"""``lgm-flow sample``: draw samples from a checkpoint, a model file or a shipped model and save them as
+a picture."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from lgm.cli.options import (
     add_sampler_options,
 )
 from lgm.flow.discrete import quantize
+from lgm.flow.guidance import NO_GUIDANCE
 from lgm.flow.io import load
+from lgm.flow.zoo import card_temperature, pretrained
 from lgm.utils.files import check_writable
 from lgm.viz.density import plot_samples
 from lgm.viz.images import save_grid
@@ -27,9 +30,13 @@ def sample_main(argv: list[str]) -> Path:
         prog="lgm-flow sample",
         description="Sample from a trained flow: a grid of images, or a scatter plot for 2-D data.",
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) or file written by lgm.flow.save")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt", help="checkpoint (.ckpt) or file written by lgm.flow.save")
+    source.add_argument("--pretrained", metavar="NAME", help="a shipped model (`lgm-flow pretrained` lists them)")
     parser.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="prior temperature (default 1.0)")
+    parser.add_argument(
+        "--temperature", type=float, help="prior temperature (default 1.0, or the --pretrained model card's)"
+    )
     parser.add_argument("--out", default="samples.png", help="output picture (default samples.png)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the prior noise (default 0)")
     parser.add_argument(
@@ -40,6 +47,7 @@ def sample_main(argv: list[str]) -> Path:
     add_network_precision_option(parser)
     add_denoise_options(parser)
     add_guidance_options(parser)
+    parser.set_defaults(guidance=None)  # None: the model's own (a --pretrained model's card's, else none)
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error(f"--n must be at least 1, got {args.n}")
@@ -50,9 +58,13 @@ def sample_main(argv: list[str]) -> Path:
         parser.error(str(e))
 
     try:
-        flow = load(args.ckpt, map_location=args.device)
+        if args.pretrained:
+            flow, temperature = pretrained(args.pretrained, map_location=args.device), card_temperature(args.pretrained)
+        else:
+            flow, temperature = load(args.ckpt, map_location=args.device), 1.0
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
+    temperature = temperature if args.temperature is None else args.temperature
     if flow.n_bits is None and tuple(flow.shape) != (2,):
         parser.error(f"cannot draw samples of shape {list(flow.shape)}: only images and 2-D points")
     labels = None
@@ -68,17 +80,18 @@ def sample_main(argv: list[str]) -> Path:
             flow.use_solver(args.solver, args.steps, args.time_shift)
         except (ValueError, ModuleNotFoundError) as e:
             parser.error(str(e))
-    try:
-        flow.use_guidance(args.guidance, args.guidance_attention_temperature)
-    except ValueError as e:
-        parser.error(str(e))
+    if args.guidance is not None or args.guidance_attention_temperature is not None:
+        try:
+            flow.use_guidance(
+                NO_GUIDANCE if args.guidance is None else args.guidance, args.guidance_attention_temperature
+            )
+        except ValueError as e:
+            parser.error(str(e))
     flow.use_network_precision(args.network_precision)
     torch.manual_seed(args.seed)
     try:
         with torch.no_grad():
-            x = flow.sample(
-                args.n, args.temperature, labels, denoise=args.denoise, denoise_step=args.denoise_step
-            ).cpu()
+            x = flow.sample(args.n, temperature, labels, denoise=args.denoise, denoise_step=args.denoise_step).cpu()
     except ValueError as e:
         parser.error(str(e))
     if flow.n_bits is not None:
@@ -96,7 +109,7 @@ def sample_main(argv: list[str]) -> Path:
         if info
         else ""
     )
-    print(f"wrote {args.n} samples at temperature {args.temperature} to {out}{cost}")
+    print(f"wrote {args.n} samples at temperature {temperature} to {out}{cost}")
     return out
 
 

@@ -44,6 +44,7 @@ from lgm.flow.priors import (
 from lgm.flow.realnvp import RealNVP, VectorRealNVP
 from lgm.flow.scales import SCALE_MAPS, get_scale_map
 from lgm.flow.tarflow import TarFlow
+from lgm.flow.zoo import model_card, pretrained, pretrained_models
 
 __all__ = [
     "ActNorm",
@@ -68,6 +69,9 @@ __all__ = [
     "Normalize",
     "PadWithNoise",
     "Preprocessing",
+    "model_card",
+    "pretrained",
+    "pretrained_models",
     "Prior",
     "NiceFlow",
     "RealNVP",

@@ -1,0 +1,30 @@
+"""``lgm-flow pretrained``: list the trained models shipped with the package (`lgm.flow.zoo`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from lgm.flow.zoo import model_card, pretrained_file, pretrained_models
+
+
+def pretrained_main(argv: list[str]) -> list[str]:
+    parser = argparse.ArgumentParser(
+        prog="lgm-flow pretrained",
+        description="List the shipped models; `lgm-flow sample --pretrained NAME` and `lgm-flow evaluate "
+        "--pretrained NAME` use one, `lgm.flow.pretrained(NAME)` loads one in Python.",
+    )
+    parser.add_argument("name", nargs="?", help="print this model's card (JSON) instead of the list")
+    args = parser.parse_args(argv)
+    if args.name:
+        print(json.dumps(model_card(args.name), indent=2))
+        return [args.name]
+    names = pretrained_models()
+    for name in names:
+        card = model_card(name)
+        size = pretrained_file(name).stat().st_size / 1e6  # checks the file against its card
+        headline = ", ".join(f"{metric} {entry['value']}" for metric, entry in card.get("metrics", {}).items())
+        print(f"{name}  ({size:.1f} MB)  {card['summary']}; {headline}")
+    if not names:
+        print("no pretrained models are shipped with this installation")
+    return names

@@ -1,0 +1,94 @@
+"""The model zoo: trained models shipped with the package, each a `lgm.flow.save` file,
+``weights/<data>/<family>.pt``, with its card beside it, ``<family>.json``.
+
+`pretrained("fashion_mnist/flow_matching")` loads one, after checking the file's SHA-256 against its
+card, set up to sample as its card's numbers were measured (the card's ``sampling``: solver, steps,
+time shift, guidance; the temperature is the caller's, the card says which one it used).
+`pretrained_models` lists the names, `model_card` reads a card.
+
+A card (JSON) holds:
+
+- ``name``, ``summary``, ``sha256`` of the ``.pt`` file;
+- ``recipe``: the command that trained it; ``training``: time, steps, date, machine, precision;
+- ``sampling``: the settings `pretrained` applies, and the ``temperature`` the metrics used;
+- ``metrics``: what it measured, each with its protocol (e.g. Inception FID at n = 10,000 against the
+  test set);
+- ``check``: a quick, reproducible bits/dim of the first ``images`` test images (seed, likelihood
+  solver), with its standard error; the test suite re-scores every shipped file against it, so a file
+  can never drift from its card unnoticed. For a continuous flow the check's solver is coarse and its
+  number is a fingerprint of the weights, not the model's likelihood (that is in ``metrics``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lgm.flow.base import Flow
+from lgm.flow.io import CheckpointError, load
+
+WEIGHTS = Path(__file__).with_name("weights")
+
+
+def pretrained_models() -> list[str]:
+    """Names of the shipped models, ``"<data>/<family>"``, sorted."""
+    return sorted(card.relative_to(WEIGHTS).with_suffix("").as_posix() for card in WEIGHTS.glob("*/*.json"))
+
+
+def model_card(name: str) -> dict[str, Any]:
+    """The card of the shipped model ``name``; a `ValueError` naming the choices for an unknown one."""
+    names = pretrained_models()
+    if name not in names:
+        raise ValueError(
+            f"no pretrained model {name!r}; choose one of {', '.join(names) or '(none shipped)'} "
+            "(`lgm-flow pretrained` lists them)"
+        )
+    return json.loads((WEIGHTS / f"{name}.json").read_text())
+
+
+def pretrained_file(name: str) -> Path:
+    """The path of ``name``'s weights, after checking their SHA-256 against its card (a `CheckpointError`
+    if they differ: the file was changed or damaged)."""
+    card = model_card(name)
+    path = WEIGHTS / f"{name}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"the weights of {name!r} are missing ({path.name}); reinstall lgm-flow")
+    digest = file_sha256(path)
+    if digest != card["sha256"]:
+        raise CheckpointError(
+            f"the weights of {name!r} have SHA-256 {digest}, not their card's {card['sha256']}: the file was "
+            "changed or damaged; reinstall lgm-flow"
+        )
+    return path
+
+
+def pretrained(name: str, map_location: str | torch.device = "cpu") -> Flow:
+    """The shipped model ``name`` (see `pretrained_models`), checked against its card's SHA-256, in eval mode,
+    sampling with its card's settings (``flow.use_solver``, ``flow.use_guidance`` change them)."""
+    card = model_card(name)
+    flow = load(pretrained_file(name), map_location=map_location)
+    use_card_sampling(flow, card.get("sampling", {}))
+    return flow
+
+
+def card_temperature(name: str) -> float:
+    """The temperature at which the card of ``name`` measured its numbers (1.0 if it names none)."""
+    return float(model_card(name).get("sampling", {}).get("temperature", 1.0))
+
+
+def use_card_sampling(flow: Flow, sampling: dict[str, Any]) -> None:
+    """Apply a card's ``sampling`` settings to ``flow``: solver, steps and time shift (continuous flows),
+    guidance scale."""
+    if flow.capabilities.solver and any(k in sampling for k in ("solver", "steps", "time_shift")):
+        flow.use_solver(sampling.get("solver"), sampling.get("steps"), sampling.get("time_shift"))
+    if "guidance" in sampling:
+        flow.use_guidance(sampling["guidance"])
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of the file at ``path``, hex: what a card records."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
