@@ -68,8 +68,9 @@ def add_guidance_options(parser: argparse.ArgumentParser) -> None:
         "--guidance",
         type=float,
         default=1.0,
-        help="guidance scale s >= 0 (default 1: none; 0: the weak model): classifier-free guidance of "
-        "class-conditional models trained with label dropout (0 samples the unconditional model), TarFlow's "
+        help="guidance scale s >= 0 (default 1: none, or a --pretrained model card's; 0: the weak model): "
+        "classifier-free guidance of class-conditional models trained with label dropout (0 samples the "
+        "unconditional model), TarFlow's "
         "attention guidance (with --guidance-attention-temperature)",
     )
     parser.add_argument(
