@@ -7,7 +7,7 @@
 ``sampling`` and ``metrics`` (see `lgm.flow.zoo`). This script adds the ``name``, the parameter count,
 the file's ``sha256`` and the ``check`` (bits/dim of the first ``--check-images`` test images, measured
 here by `lgm.evaluate.cards.card_check`, which the test suite re-scores), and writes both files into
-``src/lgm/flow/weights/`` (or ``--weights``).
+``src/lgm/flow/weights/`` (or ``--weights``). A distilled `lgm.flow.MeanFlow` ships without its teacher.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lgm.data.images import load_images
 from lgm.evaluate.cards import card_check
-from lgm.flow import load, save
+from lgm.flow import MeanFlow, load, save
 from lgm.flow.zoo import WEIGHTS, file_sha256
 from lgm.utils.files import atomic_write_text
 
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--name is <data>/<family>, got {args.name!r}")
 
     flow = load(args.ckpt)
+    if isinstance(flow, MeanFlow) and flow.teacher is not None:
+        flow = flow.without_teacher()  # a distilled model samples without its teacher
     weights = Path(args.weights) / f"{args.name}.pt"
     weights.parent.mkdir(parents=True, exist_ok=True)
     save(flow, weights)

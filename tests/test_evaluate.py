@@ -693,6 +693,9 @@ def test_evaluate_reports_the_classifier_accuracy_of_guided_class_conditional_sa
         accuracy["accuracy"] == pytest.approx(expected["accuracy"]) and accuracy["per_class"] == expected["per_class"]
     )
     assert accuracy["accuracy"] == pytest.approx(sum(accuracy["per_class"]) / 10)  # three samples of each class
+    bpd_options = ["--metrics", "bpd", "--bpd-images", "4", "--likelihood-solver", "euler", "--likelihood-steps", "2"]
+    bpd = main_report(tmp_path / "b.json", [*common, *bpd_options])["metrics"]["bpd"]
+    assert bpd["of"] == "log p(x | y), the test images given their labels"  # not comparable with p(x)
     unconditional = tmp_path / "uncond.pt"
     save(
         FlowMatching((1, 28, 28), level_widths=(8, 8), embedding_width=8, preprocessing=Preprocessing()), unconditional

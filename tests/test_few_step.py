@@ -164,6 +164,49 @@ def test_the_closed_form_average_velocity_is_a_fixed_point_of_the_meanflow_targe
     assert wrong.mean() > 1e-3 * flow_map_fraction
 
 
+class ClassIndexVelocity(nn.Module):
+    """A teacher whose velocity is its class index everywhere ("no class": n_classes)."""
+
+    def forward(self, y, s, classes=None, interval=None):
+        return classes.to(y.dtype)[:, None].expand_as(y)
+
+
+class StandingStill(nn.Module):
+    def forward(self, y, s, classes=None, interval=None):
+        return torch.zeros_like(y)
+
+
+@pytest.mark.parametrize("teacher_guidance", [1.0, 3.0])
+def test_a_guided_teacher_gives_labelled_pairs_the_guided_velocity_and_dropped_labels_the_unconditional(
+    teacher_guidance,
+):
+    """With the student standing still and s = t, the loss (unweighted) is the target squared: the
+    teacher's v_u + w (v_c - v_u) = 2 + w (c - 2) for class c of 2 ("no class" = 2), and 2 for a dropped label."""
+    model = MeanFlow(
+        1,
+        n_classes=2,
+        label_dropout=0.999,
+        teacher=True,
+        teacher_guidance=teacher_guidance,
+        weighting_power=0.0,
+        flow_map_fraction=0.0,
+    ).double()
+    model.velocity, model.teacher = StandingStill(), ClassIndexVelocity()
+    model.teacher_ready.fill_(True)
+    x, labels = torch.zeros(4, 1, dtype=torch.float64), torch.tensor([0, 1, 0, 1])
+    guided = 2 + teacher_guidance * (labels.double() - 2)
+    torch.testing.assert_close(model.eval().objective(x, labels), guided.square())
+    torch.manual_seed(0)  # label dropout 0.999: every label dropped
+    torch.testing.assert_close(model.train().objective(x, labels), torch.full((4,), 4.0, dtype=torch.float64))
+
+
+def test_teacher_guidance_needs_a_teacher_with_label_dropout():
+    with pytest.raises(ValueError, match="teacher_guidance needs a class-conditional teacher trained with label"):
+        MeanFlow(1, n_classes=2, teacher=True, teacher_guidance=2.0)
+    with pytest.raises(ValueError, match="guidance scale must be a finite number >= 0"):
+        MeanFlow(1, n_classes=2, label_dropout=0.1, teacher=True, teacher_guidance=-1.0)
+
+
 def test_the_closed_form_flow_map_samples_the_data_in_one_step():
     model = closed_form_meanflow()
     z = torch.linspace(-2, 2, 9, dtype=torch.float64)[:, None]
@@ -245,6 +288,40 @@ def test_start_from_refuses_another_family_or_architecture():
         mf.start_from(FlowMatching((1, 4, 4), preprocessing=Preprocessing(), level_widths=(8, 16), embedding_width=8))
     with pytest.raises(ValueError, match="can start from a Glow, not a FlowMatching"):
         Glow((1, 4, 4), levels=1, flow_steps=1, width=4).start_from(trained_like_flow_matching())
+
+
+def test_a_distilled_meanflow_without_its_teacher_samples_the_same_from_a_file_half_the_size(tmp_path):
+    mf = MeanFlow(
+        (1, 4, 4),
+        preprocessing=Preprocessing(),
+        level_widths=(8, 8),
+        embedding_width=8,
+        teacher=True,
+        n_classes=2,
+        label_dropout=0.1,
+        teacher_guidance=2.0,
+    )
+    mf.start_from(
+        FlowMatching(
+            (1, 4, 4),
+            preprocessing=Preprocessing(),
+            level_widths=(8, 8),
+            embedding_width=8,
+            n_classes=2,
+            label_dropout=0.1,
+        )
+    )
+    mf.use_solver("flow_map", 2, time_shift=2.0)
+    student = mf.without_teacher()
+    assert student.teacher is None and student.init_args["teacher"] is False
+    assert (student.solver, student.steps, student.time_shift) == ("flow_map", 2, 2.0)
+    save(mf, tmp_path / "mf.pt")
+    save(student, tmp_path / "student.pt")
+    assert (tmp_path / "student.pt").stat().st_size < 0.6 * (tmp_path / "mf.pt").stat().st_size
+    z, labels = torch.randn(3, 1, 4, 4), torch.tensor([0, 1, 1])
+    with torch.no_grad():
+        expected = mf.decode(Latent(z), labels)
+        torch.testing.assert_close(load(tmp_path / "student.pt").decode(Latent(z), labels), expected)
 
 
 def test_distillation_regresses_on_the_teacher_and_a_meanflow_saves_and_loads_with_it(tmp_path):

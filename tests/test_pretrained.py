@@ -4,6 +4,8 @@ from Python and the CLI; and every shipped file still scores its card's number."
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 
 import pytest
 import torch
@@ -92,6 +94,65 @@ def test_the_cli_lists_samples_and_evaluates_a_shipped_model(weights, tmp_path, 
     settings = result["settings"]
     assert result["data"]["name"] == "digits" and settings["temperature"] == 0.9
     assert (settings["solver"], settings["steps"], settings["guidance"]) == ("euler", 2, 1.5)
+
+
+def test_models_load_from_a_folder_laid_out_like_the_zoo_and_from_a_hub_repositorys_snapshot(
+    weights, tmp_path, monkeypatch, capsys
+):
+    """A local folder (a copy or a Hub snapshot) and a Hub repository id, offline: the snapshot fetch is
+    huggingface_hub's, here answering from a folder as its cache does."""
+    import huggingface_hub
+
+    folder, original = weights
+    snapshot = tmp_path / "snapshot"
+    shutil.copytree(folder, snapshot)
+    monkeypatch.setattr(shipped, "WEIGHTS", tmp_path / "nothing shipped")
+    fetched = []
+
+    def snapshot_download(repo_id, allow_patterns):
+        fetched.append((repo_id, allow_patterns))
+        return str(snapshot)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    for hub in (snapshot, "someone/lgm-flow-models"):
+        assert pretrained_models(hub) == [NAME] and pretrained_models() == []
+        flow = pretrained(NAME, hub=hub)
+        assert flow.guidance == 1.5
+        assert all(torch.equal(flow.state_dict()[k], v) for k, v in original.state_dict().items())
+    assert ("someone/lgm-flow-models", [f"{NAME}.json", f"{NAME}.pt"]) in fetched
+    main(["pretrained", "--hub", str(snapshot)])
+    assert NAME in capsys.readouterr().out
+    main(
+        [
+            "sample",
+            "--pretrained",
+            NAME,
+            "--hub",
+            "someone/lgm-flow-models",
+            "--n",
+            "2",
+            "--out",
+            str(tmp_path / "s.png"),
+        ]
+    )
+    assert "at temperature 0.9" in capsys.readouterr().out
+
+
+def test_a_hub_repository_that_cannot_be_fetched_or_no_huggingface_hub_get_one_clear_line(monkeypatch, capsys):
+    import huggingface_hub
+
+    def offline_without_cache(repo_id, allow_patterns):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("cannot find the requested files in the local cache")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline_without_cache)
+    with pytest.raises(ValueError, match="cannot get the models of the Hub repository 'someone/models'.*local cache"):
+        pretrained_models("someone/models")
+    with pytest.raises(SystemExit):
+        main(["pretrained", "--hub", "someone/models"])
+    assert capsys.readouterr().err.count("\n") == 1
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # not installed
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'lgm-flow\[hub\]'"):
+        pretrained("fashion_mnist/flow_matching", hub="someone/models")
 
 
 def test_the_card_check_is_reproducible(weights):

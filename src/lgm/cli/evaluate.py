@@ -8,6 +8,7 @@ import argparse
 from lgm.cli.options import (
     add_denoise_options,
     add_guidance_options,
+    add_hub_option,
     add_inception_runtime_option,
     add_network_precision_option,
     add_sampler_options,
@@ -117,6 +118,7 @@ def evaluate_main(argv: list[str]) -> dict:
     add_inception_runtime_option(parser)
     add_denoise_options(parser)
     add_guidance_options(parser)
+    add_hub_option(parser)
     parser.add_argument("--no-figures", action="store_true", help="metrics only")
     parser.add_argument(
         "--out", default="report.json", help="JSON report; figures are written beside it (default report.json)"
@@ -134,7 +136,8 @@ def evaluate_main(argv: list[str]) -> dict:
     ckpt, sampling = args.ckpt, {}
     if args.pretrained:
         try:
-            ckpt, sampling = str(pretrained_file(args.pretrained)), model_card(args.pretrained).get("sampling", {})
+            ckpt = str(pretrained_file(args.pretrained, args.hub))
+            sampling = model_card(args.pretrained, args.hub).get("sampling", {})
         except (FileNotFoundError, ValueError) as e:
             parser.error(str(e))
         args.data = args.data or args.pretrained.split("/")[0]

@@ -62,6 +62,16 @@ def add_denoise_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_hub_option(parser: argparse.ArgumentParser) -> None:
+    """``--hub``: where ``--pretrained`` models are (`lgm.flow.zoo`)."""
+    parser.add_argument(
+        "--hub",
+        metavar="REPO_OR_FOLDER",
+        help="where the pretrained models are: a Hugging Face Hub repository, owner/repo (pip install "
+        "'lgm-flow[hub]'), or a folder laid out like it; default: those shipped with the package",
+    )
+
+
 def add_guidance_options(parser: argparse.ArgumentParser) -> None:
     """``--guidance`` and ``--guidance-attention-temperature``: guided sampling (`lgm.flow.Flow.use_guidance`)."""
     parser.add_argument(

@@ -11,6 +11,7 @@ import torch
 from lgm.cli.options import (
     add_denoise_options,
     add_guidance_options,
+    add_hub_option,
     add_network_precision_option,
     add_sampler_options,
 )
@@ -47,6 +48,7 @@ def sample_main(argv: list[str]) -> Path:
     add_network_precision_option(parser)
     add_denoise_options(parser)
     add_guidance_options(parser)
+    add_hub_option(parser)
     parser.set_defaults(guidance=None)  # None: the model's own (a --pretrained model's card's, else none)
     args = parser.parse_args(argv)
     if args.n < 1:
@@ -59,7 +61,8 @@ def sample_main(argv: list[str]) -> Path:
 
     try:
         if args.pretrained:
-            flow, temperature = pretrained(args.pretrained, map_location=args.device), card_temperature(args.pretrained)
+            flow = pretrained(args.pretrained, map_location=args.device, hub=args.hub)
+            temperature = card_temperature(args.pretrained, args.hub)
         else:
             flow, temperature = load(args.ckpt, map_location=args.device), 1.0
     except (FileNotFoundError, ValueError) as e:

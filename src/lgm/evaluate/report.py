@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lgm.data.images import load_images
+from lgm.data.images import get_dataset, load_images
 from lgm.evaluate.baselines import PixelGaussian
 from lgm.evaluate.diagnostics import (
     chi_mean,
@@ -141,6 +141,14 @@ def evaluate(
     start = time.time()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    flow = None
+    if ckpt is not None:  # a broken checkpoint, or one of other data, is reported before any data is read
+        flow = load(ckpt)
+        shape = get_dataset(settings.data).shape
+        if flow.n_bits is None or tuple(flow.shape) != shape:
+            raise ValueError(
+                f"the model takes data of shape {list(flow.shape)}, but {settings.data} images are {list(shape)}"
+            )
     arrays = load_images(settings.data, settings.data_dir)
     report: dict = {
         "data": {
@@ -151,14 +159,7 @@ def evaluate(
             "test_sha256": hashlib.sha256(arrays.x_test.numpy().tobytes()).hexdigest(),
         }
     }
-    flow = None
-    if ckpt is not None:
-        flow = load(ckpt)
-        if flow.n_bits is None or tuple(flow.shape) != tuple(arrays.x_test.shape[1:]):
-            raise ValueError(
-                f"the model takes data of shape {list(flow.shape)}, but {settings.data} images are "
-                f"{list(arrays.x_test.shape[1:])}"
-            )
+    if flow is not None:
         _use_solver(flow, settings)
         if settings.select_guidances and not flow.capabilities.guidance:
             raise ValueError(f"guidance selection needs a model with guided sampling; {type(flow).__name__} has none")
@@ -413,6 +414,8 @@ def _bits_per_dim(flow: Flow | None, arrays, settings: EvalSettings, baseline: s
         mean, se = mean_bits_per_dim(flow, x, y if flow.n_classes else None, desc="test bits/dim")
         bound = f"{flow.dequantization} dequantisation, 1 sample"
         result = {"value": mean, "stderr": se, "images": len(x), "bound": bound}
+        if flow.n_classes:  # a class-conditional flow's density of an image given its label
+            result["of"] = "log p(x | y), the test images given their labels"
         result.update(flow.likelihood_info())
         return result
     if baseline == "gaussian":

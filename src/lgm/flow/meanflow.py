@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from lgm.flow.base import Flow
+from lgm.flow.guidance import NO_GUIDANCE, check_guidance_scale, guide
 from lgm.flow.latent import Capabilities
 from lgm.flow.matching import FlowMatching, _ot_assignment
 from lgm.flow.ode import SOLVERS, check_solver, time_grid
@@ -61,6 +62,12 @@ class MeanFlow(FlowMatching):
             the weight without gradient (MeanFlow's adaptive weighting, ``p = 1``; 0: ``e`` itself).
         teacher: distil a trained `FlowMatching` (`start_from` copies its velocity field into a frozen
             ``teacher`` network, whose velocity replaces ``y_1 - y_0`` in the target). Saved with the model.
+        teacher_guidance: distil the teacher's classifier-free guided velocity ``v_u + w (v_c - v_u)`` at
+            this scale ``w`` (`lgm.flow.guidance`) for labelled pairs, so that the student samples guided
+            images at its own scale 1, in one evaluation per jump (MeanFlow's guidance in the target).
+            1: the conditional velocity itself. Needs ``teacher`` and label dropout (the "no class"
+            velocity). The student's instantaneous velocity is then the guided field's, and so is the
+            density ``log_prob`` reports.
     """
 
     average_velocity = True
@@ -90,11 +97,18 @@ class MeanFlow(FlowMatching):
         time_std: float = 1.0,
         weighting_power: float = 1.0,
         teacher: bool = False,
+        teacher_guidance: float = NO_GUIDANCE,
     ) -> None:
         if not 0 <= flow_map_fraction <= 1:
             raise ValueError(f"flow_map_fraction must be in [0, 1], got {flow_map_fraction}")
         if not time_std > 0 or weighting_power < 0:
             raise ValueError(f"need time_std > 0 and weighting_power >= 0, got {time_std} and {weighting_power}")
+        teacher_guidance = check_guidance_scale(teacher_guidance)
+        if teacher_guidance != NO_GUIDANCE and not (teacher and n_classes and label_dropout > 0):
+            raise ValueError(
+                "teacher_guidance needs a class-conditional teacher trained with label dropout: set teacher=True, "
+                "n_classes and label_dropout > 0, or leave teacher_guidance at 1"
+            )
         super().__init__(
             shape,
             width,
@@ -116,7 +130,7 @@ class MeanFlow(FlowMatching):
             atol,
         )
         self.flow_map_fraction, self.time_mean, self.time_std = flow_map_fraction, time_mean, time_std
-        self.weighting_power = weighting_power
+        self.weighting_power, self.teacher_guidance = weighting_power, teacher_guidance
         self.teacher = None
         if teacher:
             self.teacher = self._velocity_network(width, depth, level_widths, embedding_width, interval=False)
@@ -151,6 +165,14 @@ class MeanFlow(FlowMatching):
         if self.teacher is not None:
             self.teacher.load_state_dict(flow.velocity.state_dict())
             self.teacher_ready.fill_(True)
+
+    def without_teacher(self) -> MeanFlow:
+        """This model for sampling and likelihoods only: the same average-velocity network and sampler,
+        no teacher (a distilled model's file at half the size). Its ``init_args`` say ``teacher=False``."""
+        student = type(self)(**{**self.init_args, "teacher": False, "teacher_guidance": NO_GUIDANCE})
+        student.load_state_dict({k: v for k, v in self.state_dict().items() if not k.startswith("teacher.")})
+        student.use_solver(self.solver, self.steps, self.time_shift)
+        return student.train(self.training)
 
     # -- training ---------------------------------------------------------------------------------
 
@@ -199,7 +221,12 @@ class MeanFlow(FlowMatching):
 
     @torch.no_grad()
     def _teacher_velocity(self, y: Tensor, t: Tensor, classes: Tensor | None) -> Tensor:
-        return run_network(self.teacher, self.network_dtype, y, t, classes)
+        """The teacher's velocity of ``classes``, guided at ``teacher_guidance`` (where that is not 1)."""
+        strong = run_network(self.teacher, self.network_dtype, y, t, classes)
+        if self.teacher_guidance == NO_GUIDANCE:
+            return strong
+        no_class = torch.full_like(classes, self.n_classes)
+        return guide(strong, run_network(self.teacher, self.network_dtype, y, t, no_class), self.teacher_guidance)
 
     # -- sampling ---------------------------------------------------------------------------------
 
