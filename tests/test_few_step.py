@@ -291,26 +291,11 @@ def test_start_from_refuses_another_family_or_architecture():
 
 
 def test_a_distilled_meanflow_without_its_teacher_samples_the_same_from_a_file_half_the_size(tmp_path):
-    mf = MeanFlow(
-        (1, 4, 4),
-        preprocessing=Preprocessing(),
-        level_widths=(8, 8),
-        embedding_width=8,
-        teacher=True,
-        n_classes=2,
-        label_dropout=0.1,
-        teacher_guidance=2.0,
+    architecture = dict(
+        preprocessing=Preprocessing(), level_widths=(8, 8), embedding_width=8, n_classes=2, label_dropout=0.1
     )
-    mf.start_from(
-        FlowMatching(
-            (1, 4, 4),
-            preprocessing=Preprocessing(),
-            level_widths=(8, 8),
-            embedding_width=8,
-            n_classes=2,
-            label_dropout=0.1,
-        )
-    )
+    mf = MeanFlow((1, 4, 4), teacher=True, teacher_guidance=2.0, **architecture)
+    mf.start_from(FlowMatching((1, 4, 4), **architecture))
     mf.use_solver("flow_map", 2, time_shift=2.0)
     student = mf.without_teacher()
     assert student.teacher is None and student.init_args["teacher"] is False
