@@ -15,7 +15,7 @@ import lgm.flow.zoo as shipped
 from lgm.cli import main
 from lgm.data.images import load_images
 from lgm.evaluate.cards import card_check
-from lgm.flow import FlowMatching, Preprocessing, model_card, pretrained, pretrained_models, save
+from lgm.flow import FlowMatching, Preprocessing, model_card, pretrained, pretrained_models, pretrained_or_file, save
 from lgm.flow.io import CheckpointError
 
 SHIPPED = shipped.pretrained_models()  # the real ones, before any test swaps the folder
@@ -73,6 +73,20 @@ def test_a_changed_file_or_an_unknown_name_is_refused_clearly(weights):
     (folder / f"{NAME}.pt").write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="not their card's .*changed or damaged; reinstall"):
         pretrained(NAME)
+
+
+def test_a_name_loads_the_shipped_model_and_a_path_its_file(weights, tmp_path):
+    folder, original = weights
+    by_name = pretrained_or_file(NAME)
+    assert by_name.guidance == 1.5  # set up by the card, as `pretrained` does
+    other = tiny_flow_matching()
+    save(other, tmp_path / "mine.pt")
+    by_path = pretrained_or_file(tmp_path / "mine.pt")
+    assert by_path.guidance != 1.5 and not by_path.training
+    for key, value in other.state_dict().items():
+        assert torch.equal(by_path.state_dict()[key], value), key
+    with pytest.raises(ValueError, match="'digits/glow' is neither a pretrained model \\(digits/flow_matching\\) nor"):
+        pretrained_or_file("digits/glow")
 
 
 def test_the_cli_lists_samples_and_evaluates_a_shipped_model(weights, tmp_path, capsys):

@@ -44,7 +44,7 @@ from lgm.flow.priors import (
 from lgm.flow.realnvp import RealNVP, VectorRealNVP
 from lgm.flow.scales import SCALE_MAPS, get_scale_map
 from lgm.flow.tarflow import TarFlow
-from lgm.flow.zoo import model_card, pretrained, pretrained_models
+from lgm.flow.zoo import model_card, pretrained, pretrained_models, pretrained_or_file
 
 __all__ = [
     "ActNorm",
@@ -72,6 +72,7 @@ __all__ = [
     "model_card",
     "pretrained",
     "pretrained_models",
+    "pretrained_or_file",
     "Prior",
     "NiceFlow",
     "RealNVP",

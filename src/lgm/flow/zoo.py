@@ -4,7 +4,8 @@
 `pretrained("fashion_mnist/flow_matching")` loads one, after checking the file's SHA-256 against its
 card, set up to sample as its card's numbers were measured (the card's ``sampling``: solver, steps,
 time shift, guidance; the temperature is the caller's, the card says which one it used).
-`pretrained_models` lists the names, `model_card` reads a card.
+`pretrained_models` lists the names, `model_card` reads a card; `pretrained_or_file` takes either a name or
+the path of a checkpoint (the notebooks' ``PRETRAINED`` switch).
 
 Every function takes ``hub``, where the models are: ``None``, the package's own; a local folder laid out
 the same way, ``<data>/<family>.pt`` and ``.json`` (a copy or a downloaded snapshot); or a Hugging Face Hub
@@ -106,6 +107,21 @@ def pretrained(name: str, map_location: str | torch.device = "cpu", hub: Hub = N
     flow = load(pretrained_file(name, hub), map_location=map_location)
     use_card_sampling(flow, card.get("sampling", {}))
     return flow
+
+
+def pretrained_or_file(source: str | Path, hub: Hub = None, map_location: str | torch.device = "cpu") -> Flow:
+    """The zoo model named ``source`` (`pretrained`) if ``hub`` has one of that name, else the checkpoint or
+    `lgm.flow.save` file at the path ``source`` (`lgm.flow.load`); a `ValueError` naming both
+    choices if it is neither."""
+    names = pretrained_models(hub)
+    if str(source) in names:
+        return pretrained(str(source), map_location, hub)
+    if not Path(source).is_file():
+        raise ValueError(
+            f"{str(source)!r} is neither a pretrained model ({', '.join(names) or 'none'}) nor a file; give one "
+            "of those names or the path of a checkpoint"
+        )
+    return load(source, map_location=map_location)
 
 
 def card_temperature(name: str, hub: Hub = None) -> float:
