@@ -76,7 +76,6 @@ def test_a_changed_file_or_an_unknown_name_is_refused_clearly(weights):
 
 
 def test_a_name_loads_the_shipped_model_and_a_path_its_file(weights, tmp_path):
-    folder, original = weights
     by_name = pretrained_or_file(NAME)
     assert by_name.guidance == 1.5  # set up by the card, as `pretrained` does
     other = tiny_flow_matching()
