@@ -51,6 +51,14 @@ def test_warmup_then_cosine_schedule():
     assert lr_factor(100, 4, "constant", math.inf) == 1.0
 
 
+def test_cosine_decay_over_the_last_steps_only():
+    assert lr_factor(0, 2, "cosine", 20, decay=6) == pytest.approx(0.5)  # warmup as before
+    assert lr_factor(14, 2, "cosine", 20, decay=6) == 1.0  # stable until the decay starts
+    assert lr_factor(17, 2, "cosine", 20, decay=6) == pytest.approx(0.5)  # half way through the decay
+    assert lr_factor(20, 2, "cosine", 20, final_fraction=0.1, decay=6) == pytest.approx(0.1)
+    assert lr_factor(9, 4, "cosine", 14, decay=100) == lr_factor(9, 4, "cosine", 14)  # longer than the run
+
+
 def test_weight_decay_spares_the_flow_s_own_parameters():
     nice = NiceFlow.toy()
     decayed, spared = parameter_groups(nice, 1e-4)
@@ -113,6 +121,10 @@ def test_bad_switches_are_refused():
         FlowModule(NiceFlow.toy(), warmup_steps=10, warmup_epochs=1)
     with pytest.raises(ValueError, match="unknown schedule"):
         FlowModule(NiceFlow.toy(), schedule="linear")
+    with pytest.raises(ValueError, match="decay_steps needs the cosine schedule"):
+        FlowModule(NiceFlow.toy(), decay_steps=100)
+    with pytest.raises(ValueError, match="decay_steps >= 1"):
+        FlowModule(NiceFlow.toy(), schedule="cosine", decay_steps=0)
 
 
 # -- the NaN guard ----------------------------------------------------------------------------------

@@ -76,6 +76,9 @@ class FlowModule(L.LightningModule):
         min_lr: the learning rate the cosine schedule ends at.
         schedule_steps: the schedule's length in optimiser steps (default: from the trainer's
             ``max_steps`` / ``max_epochs``).
+        decay_steps: with the cosine schedule, decay over the last ``decay_steps`` optimiser steps only,
+            at the peak rate before them (warmup, stable, decay); default: decay over every step after
+            warmup.
         max_bad_steps: non-finite steps in a row before training stops.
         seed: seed of the per-step random streams.
         dequant_samples: dequantisation samples per image for validation and test bits/dim
@@ -108,6 +111,7 @@ class FlowModule(L.LightningModule):
         schedule: str = "constant",
         min_lr: float = 0.0,
         schedule_steps: int | None = None,
+        decay_steps: int | None = None,
         max_bad_steps: int = 10,
         seed: int = 0,
         dequant_samples: int = 1,
@@ -135,8 +139,13 @@ class FlowModule(L.LightningModule):
             or warmup_epochs < 0
             or max_bad_steps < 1
             or (schedule_steps is not None and schedule_steps < 1)
+            or (decay_steps is not None and decay_steps < 1)
         ):
-            raise ValueError("warmup_steps and warmup_epochs must be >= 0, max_bad_steps and schedule_steps >= 1")
+            raise ValueError(
+                "warmup_steps and warmup_epochs must be >= 0, max_bad_steps, schedule_steps and decay_steps >= 1"
+            )
+        if decay_steps is not None and schedule != "cosine":
+            raise ValueError(f"decay_steps needs the cosine schedule (--model.schedule cosine), got {schedule!r}")
         self.flow = flow
         # Plain attributes, not save_hyperparameters(): Lightning's CLI would let hyperparameters saved in
         # a checkpoint override the command line (e.g. --model.dequant_samples for a test). The run's
@@ -149,7 +158,7 @@ class FlowModule(L.LightningModule):
             schedule,
             min_lr,
         )
-        self.schedule_steps = schedule_steps
+        self.schedule_steps, self.decay_steps = schedule_steps, decay_steps
         self.max_bad_steps, self.seed = max_bad_steps, seed
         self.dequant_samples, self.init_samples = dequant_samples, init_samples
         self.gradient_checkpointing, self.compile_nets = gradient_checkpointing, compile
@@ -299,7 +308,7 @@ class FlowModule(L.LightningModule):
                 )
 
         def factor(step: int) -> float:
-            return lr_factor(step, warmup, self.schedule, total, self.min_lr / self.lr)
+            return lr_factor(step, warmup, self.schedule, total, self.min_lr / self.lr, self.decay_steps)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

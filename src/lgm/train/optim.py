@@ -51,15 +51,20 @@ def parameter_groups(flow: Flow, weight_decay: float, decay_scales: bool = False
     return [{"params": list(decayed.values()), "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-def lr_factor(step: int, warmup: int, schedule: str, total: float, final_fraction: float = 0.0) -> float:
+def lr_factor(
+    step: int, warmup: int, schedule: str, total: float, final_fraction: float = 0.0, decay: int | None = None
+) -> float:
     """Learning-rate multiplier at optimiser step ``step`` (0-based).
 
     Linear warmup ``(step + 1) / warmup`` over the first ``warmup`` steps, then 1 (``"constant"``) or a
-    half cosine from 1 down to ``final_fraction`` at step ``total`` (``"cosine"``).
+    half cosine from 1 down to ``final_fraction`` at step ``total`` (``"cosine"``). With ``decay``, the
+    cosine spans only the last ``decay`` steps and the factor stays 1 before them (warmup, stable,
+    decay).
     """
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
+    start = warmup if decay is None else max(warmup, total - decay)
+    progress = min(1.0, max(0.0, step - start) / max(1.0, total - start))
     return final_fraction + (1 - final_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
